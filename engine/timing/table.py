@@ -1,0 +1,260 @@
+"""Timing tables: seconds per (layer, level), plus the dense end-to-end and prunable times.
+
+A table answers the question the DP needs: if every layer l runs at level i_l, how long does
+the model take?  Under the additive model (spdy-method.md §2.1)
+
+    predicted_time = base - prunable + sum_l seconds[l][i_l],
+
+where ``base`` is the dense end-to-end time and ``prunable`` the dense time of the listed
+layers (so ``base - prunable`` is the fixed overhead: attention, norms, adds, ...).
+
+Two formats are read and written:
+
+* the original SPDY text format (``base`` / ``prunable`` headers, then per layer a name line and
+  ``<seconds> <level>`` lines).  Quirks of the shipped tables are handled: layers without entries
+  are dropped, a layer may lack a level, and a level listed twice keeps its last value, as the
+  original loader's dict did (each case is recorded in ``TimingTable.warnings``);
+* a versioned JSON format of ours that also carries units, the backend, the dense baseline and
+  the measuring environment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine import atomic
+from engine.grid import level_sparsity, sort_levels
+
+JSON_FORMAT = "spdy-tui/timings"
+JSON_VERSION = 1
+
+
+class TableError(ValueError):
+    """A timing table could not be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Measured seconds of one layer at each of its levels, ascending in sparsity."""
+
+    name: str
+    levels: tuple[str, ...]
+    seconds: tuple[float, ...]
+
+    @property
+    def dense_seconds(self) -> float:
+        return self.seconds[self.levels.index("0.0000")] if "0.0000" in self.levels else self.seconds[0]
+
+    def seconds_at(self, level: str) -> float:
+        return self.seconds[self.levels.index(level)]
+
+
+@dataclass
+class TimingTable:
+    base: float
+    prunable: float
+    layers: list[LayerTimes]
+    unit: str = "s"
+    backend: str = ""
+    dense_baseline: str = ""
+    environment: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def overhead(self) -> float:
+        """Time outside the listed layers: base - prunable."""
+        return self.base - self.prunable
+
+    def layer(self, name: str) -> LayerTimes:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def matrix(self) -> tuple[np.ndarray, list[list[str]]]:
+        """Seconds as a (layers, max levels) float array padded with inf, and the level labels."""
+        width = max(len(layer.levels) for layer in self.layers)
+        times = np.full((len(self.layers), width), np.inf)
+        for row, layer in enumerate(self.layers):
+            times[row, : len(layer.seconds)] = layer.seconds
+        return times, [list(layer.levels) for layer in self.layers]
+
+    def predicted_time(self, levels: list[str]) -> float:
+        """base - prunable + sum of each layer's seconds at its chosen level (exactly summed)."""
+        chosen = [layer.seconds_at(level) for layer, level in zip(self.layers, levels, strict=True)]
+        return self.overhead + math.fsum(chosen)
+
+    def max_speedup(self) -> float:
+        """Speedup if every layer ran at its fastest level."""
+        return self.base / (self.overhead + math.fsum(min(layer.seconds) for layer in self.layers))
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict:
+        return {
+            "format": JSON_FORMAT,
+            "version": JSON_VERSION,
+            "unit": self.unit,
+            "base": self.base,
+            "prunable": self.prunable,
+            "backend": self.backend,
+            "dense_baseline": self.dense_baseline,
+            "environment": self.environment,
+            "warnings": self.warnings,
+            "layers": [
+                {"name": layer.name, "levels": dict(zip(layer.levels, layer.seconds))} for layer in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "<json>") -> TimingTable:
+        if data.get("format") != JSON_FORMAT:
+            raise TableError(f"{source}: not a spdy-tui timing table (format is {data.get('format')!r})")
+        if data.get("version") != JSON_VERSION:
+            raise TableError(f"{source}: unsupported timing table version {data.get('version')!r}")
+        try:
+            layers = [_layer(entry["name"], dict(entry["levels"]), source) for entry in data["layers"]]
+            table = cls(
+                base=float(data["base"]),
+                prunable=float(data["prunable"]),
+                layers=layers,
+                unit=data.get("unit", "s"),
+                backend=data.get("backend", ""),
+                dense_baseline=data.get("dense_baseline", ""),
+                environment=dict(data.get("environment", {})),
+                warnings=list(data.get("warnings", [])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, TableError):
+                raise
+            raise TableError(f"{source}: malformed timing table: {exc}") from None
+        _check(table, source)
+        return table
+
+    # ------------------------------------------------------------------ SPDY text
+    def to_spdy_txt(self) -> str:
+        lines = ["base", repr(self.base), "prunable", repr(self.prunable)]
+        for layer in self.layers:
+            lines.append(layer.name)
+            lines += [f"{seconds!r} {level}" for level, seconds in zip(layer.levels, layer.seconds)]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_spdy_txt(cls, text: str, source: str = "<text>") -> TimingTable:
+        header: dict[str, float] = {}
+        entries: dict[str, dict[str, float]] = {}
+        warnings: list[str] = []
+        expecting: str | None = None  # "base" or "prunable" once its header line was read
+        current: str | None = None
+        for number, raw in enumerate(text.splitlines(), start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            where = f"{source}:{number}"
+            if expecting is not None:
+                header[expecting] = _float(line, where, f"the {expecting} time")
+                expecting = None
+            elif line in ("base", "prunable") and current is None:
+                expecting = line
+            elif " " in line or "\t" in line:
+                if current is None:
+                    raise TableError(f"{where}: entry {line!r} before any layer name")
+                parts = line.split()
+                if len(parts) != 2:
+                    raise TableError(f"{where}: expected '<seconds> <level>', got {line!r}")
+                seconds, level = _float(parts[0], where, "seconds"), parts[1]
+                try:
+                    level_sparsity(level)
+                except ValueError as exc:
+                    raise TableError(f"{where}: {exc}") from None
+                if level in entries[current]:
+                    warnings.append(f"layer {current}: level {level} listed twice; the later value is kept (line {number})")
+                entries[current][level] = seconds
+            else:
+                current = line
+                if current in entries:
+                    raise TableError(f"{where}: layer {current!r} listed twice")
+                entries[current] = {}
+        for key in ("base", "prunable"):
+            if key not in header:
+                raise TableError(f"{source}: missing the '{key}' header")
+        layers = []
+        for name, levels in entries.items():
+            if not levels:
+                warnings.append(f"layer {name}: no entries; dropped")
+                continue
+            layers.append(_layer(name, levels, source))
+        table = cls(base=header["base"], prunable=header["prunable"], layers=layers, warnings=warnings)
+        _check(table, source)
+        return table
+
+
+def _float(text: str, where: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise TableError(f"{where}: expected {what} as a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise TableError(f"{where}: {what} must be a finite non-negative number, got {text!r}")
+    return value
+
+
+def _layer(name: str, levels: dict[str, float], source: str) -> LayerTimes:
+    if not levels:
+        raise TableError(f"{source}: layer {name!r} has no levels")
+    for level, seconds in levels.items():
+        try:
+            level_sparsity(level)
+        except ValueError as exc:
+            raise TableError(f"{source}: layer {name!r}: {exc}") from None
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise TableError(f"{source}: layer {name!r} level {level}: bad seconds {seconds!r}")
+    ordered = sort_levels(list(levels))
+    return LayerTimes(name, tuple(ordered), tuple(float(levels[level]) for level in ordered))
+
+
+def _check(table: TimingTable, source: str) -> None:
+    if not table.layers:
+        raise TableError(f"{source}: the table lists no layer with timings")
+    if table.base <= 0:
+        raise TableError(f"{source}: base time must be positive, got {table.base}")
+
+
+def load_table(path: str | os.PathLike) -> TimingTable:
+    """Read a timing table, JSON (ours) or the original SPDY text format, by content."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TableError(f"{path}: no such timing table file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path}: cannot read timing table: {exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TableError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        return TimingTable.from_json(data, str(path))
+    return TimingTable.from_spdy_txt(text, str(path))
+
+
+def save_table(table: TimingTable, path: str | os.PathLike, fmt: str = "json") -> None:
+    """Write a table atomically, as ``json`` (ours) or ``spdy-txt`` (the original format)."""
+    path = Path(path)
+    if fmt == "json":
+        text = json.dumps(table.to_json(), indent=1) + "\n"
+    elif fmt == "spdy-txt":
+        text = table.to_spdy_txt()
+    else:
+        raise ValueError(f"unknown timing table format {fmt!r} (json or spdy-txt)")
+    atomic.write_text(path, text)

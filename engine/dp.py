@@ -19,10 +19,11 @@ Choices are visited in ascending order and replaced only on strict improvement (
 i.e. the lowest sparsity, wins a tie); the answer is the first j minimising D[L-1][j] (the least
 time among equal costs).  A missing choice is marked by an ``inf`` time or cost.
 
-The Numba kernel stores D (no pointer table: the backtrack re-derives each choice) and restricts
-layer l to the buckets that can still be part of a feasible allocation, [sum_{m<=l} min tau_m, B - sum_{m>l} min tau_m]; this changes no
-reachable entry of the final row, so it returns exactly what the plain numpy reference
-(``solve_numpy``) returns.
+The Numba kernel drops strictly dominated choices (another choice of the layer is no slower in
+buckets and strictly cheaper), stores D (no pointer table: the backtrack re-derives each choice),
+and restricts layer l to the buckets that can still be part of a feasible allocation,
+[sum_{m<=l} min tau_m, B - sum_{m>l} min tau_m].  None of this changes the answer: it returns
+exactly what the plain numpy reference (``solve_numpy``) returns.
 """
 
 from __future__ import annotations
@@ -152,6 +153,20 @@ def _feasibility(tau: np.ndarray, times: np.ndarray, costs: np.ndarray, budget: 
     return min_tau
 
 
+def _drop_dominated(tau: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Mark unusable every choice that another choice of its layer strictly dominates.
+
+    If tau[i'] <= tau[i] and e[i'] < e[i], swapping i for i' in any allocation keeps it feasible
+    and makes it strictly cheaper, so i is in no optimal allocation and is never picked by the
+    backtrack from an optimal cell: dropping it changes no result, only the work.
+    """
+    usable = tau >= 0
+    faster_or_equal = tau[:, :, None] <= tau[:, None, :]  # [l, i', i]: tau[i'] <= tau[i]
+    cheaper = costs[:, :, None] < costs[:, None, :]
+    dominated = (faster_or_equal & cheaper & usable[:, :, None]).any(axis=1)
+    return np.where(dominated, -1, tau)
+
+
 def _finish(choice: np.ndarray, times: np.ndarray, costs: np.ndarray) -> Solution:
     rows = np.arange(len(choice))
     return Solution(choice, math.fsum(times[rows, choice]), math.fsum(costs[rows, choice]))
@@ -164,6 +179,7 @@ def solve(times, costs, budget: float, buckets: int = DEFAULT_BUCKETS) -> Soluti
     for _ in range(8):
         tau = discretise(times, costs, effective, buckets)
         min_tau = _feasibility(tau, times, costs, effective, buckets)
+        tau = _drop_dominated(tau, costs)
         before = np.concatenate(([0], np.cumsum(min_tau)))
         lo = before[1:]
         hi = buckets - (before[-1] - before[1:])

@@ -1,0 +1,156 @@
+"""`spdy`: the headless command line.
+
+stdout carries data (a table, or JSON with --json); stderr carries progress and diagnostics.
+User mistakes end with a one-line message and a documented exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SPDY: find the per-layer sparsity that meets a measured speedup with the least loss.",
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class Exit(IntEnum):
+    """Exit codes of every `spdy` command."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: please report it with `spdy env`
+    BAD_INPUT = 2  # missing file, malformed table or profile, bad option
+    INFEASIBLE = 3  # the target speedup cannot be met on the timing table
+    INTERRUPTED = 130
+
+
+def fail(message: str, code: Exit = Exit.BAD_INPUT) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+# ---------------------------------------------------------------------------- solve
+@app.command()
+def solve(
+    timings: Path = typer.Option(..., "--timings", help="Timing table (original SPDY text format or our JSON)."),
+    target: float = typer.Option(..., "--target", help="Target end-to-end speedup, e.g. 2.0."),
+    skip: list[str] = typer.Option([], "--skip", help="Layer name or glob kept dense (its dense time still counts)."),
+    costs: str = typer.Option("prior", "--costs", help="'prior' ((i/(n-1))^2 per level) or a JSON file {layer: [cost per level]}."),
+    buckets: int = typer.Option(10_000, "--buckets", help="DP time buckets."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Solve the DP once on a timing table: the least-cost allocation within the speedup budget."""
+    from engine import dp
+    from engine.budget import make_problem
+    from engine.timing.table import TableError, load_table
+
+    try:
+        table = load_table(timings)
+        problem = make_problem(table, target, skip)
+        cost_matrix = None if costs == "prior" else _read_costs(Path(costs), problem)
+        allocation = problem.solve(cost_matrix, buckets)
+    except (TableError, ValueError) as exc:
+        if isinstance(exc, dp.InfeasibleTarget):
+            raise fail(str(exc), Exit.INFEASIBLE) from None
+        raise fail(str(exc)) from None
+    for warning in table.warnings:
+        err.print(f"note: {timings}: {warning}")
+    result = {
+        "target_speedup": target,
+        "base_time": table.base,
+        "prunable_time": table.prunable,
+        "budget": problem.budget,
+        "predicted_time": allocation.predicted_time,
+        "predicted_speedup": allocation.predicted_speedup,
+        "cost": allocation.cost,
+        "layers": allocation.as_rows(),
+    }
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    grid = Table(title=f"{timings.name} at {target:g}x", show_edge=False)
+    for column in ("layer", "level", "time (s)", ""):
+        grid.add_column(column, justify="left" if column in ("layer", "") else "right")
+    for row, is_skipped in zip(result["layers"], problem.skipped):
+        grid.add_row(row["name"], row["level"], f"{row['time']:.6f}", "skipped" if is_skipped else "")
+    out.print(grid)
+    out.print(
+        f"predicted {allocation.predicted_time:.6f} s of budget {table.base / target:.6f} s "
+        f"-> {allocation.predicted_speedup:.4f}x (target {target:g}x, max {problem.max_speedup:.4f}x), cost {allocation.cost:.4f}"
+    )
+
+
+def _read_costs(path: Path, problem) -> "object":
+    import numpy as np
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such costs file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{layer name: [cost per level]}}")
+    matrix = np.full(problem.times.shape, np.inf)
+    for row, name in enumerate(problem.table.names):
+        if name not in data:
+            raise ValueError(f"{path}: no costs for layer {name!r}")
+        values = data[name]
+        if not isinstance(values, list) or len(values) != len(problem.levels[row]):
+            raise ValueError(f"{path}: layer {name!r} needs {len(problem.levels[row])} costs (one per level)")
+        matrix[row, : len(values)] = values
+    return matrix
+
+
+# ---------------------------------------------------------------------------- check
+@app.command()
+def check(profile: Path = typer.Argument(..., help="TOML profile to validate.")) -> None:
+    """Validate a profile and print it with every default filled in."""
+    from engine.config import ProfileError, load_profile, to_toml
+
+    try:
+        resolved = load_profile(profile)
+    except ProfileError as exc:
+        raise fail(str(exc)) from None
+    print(f"# {profile}: valid; resolved profile with every default:")
+    print(to_toml(resolved), end="")
+
+
+# ---------------------------------------------------------------------------- env
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Versions, CPU, threads and GPU: a block to paste into bug reports."""
+    from engine.environment import describe_environment
+
+    info = describe_environment()
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    print("```")
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    print("```")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(int(Exit.INTERRUPTED))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from engine.config import ProfileError, describe, from_dict, load_profile, to_toml
+
+PROFILES = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_shipped_profiles_are_valid(path):
+    profile = load_profile(path)
+    assert profile.run.name == path.stem
+
+
+def test_defaults():
+    profile = from_dict({})
+    assert profile.search.target == 1.5 and profile.search.buckets == 10_000
+    assert profile.database.method == "obs" and len(profile.levels()) == 42
+    assert from_dict({"grid": {"kind": "nm"}}).levels() == ["0.0000", "2:4"]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"serch": {}}, "unknown section [serch]"),
+        ({"search": {"targett": 2}}, "unknown key 'search.targett'"),
+        ({"search": {"target": "2x"}}, "key 'search.target' must be a number"),
+        ({"search": {"target": 0.9}}, "key 'search.target' must be >= 1.0"),
+        ({"search": {"workers": 1.5}}, "key 'search.workers' must be an integer"),
+        ({"search": {"early_abandon": 1}}, "key 'search.early_abandon' must be true or false"),
+        ({"search": {"skip": "fc"}}, "key 'search.skip' must be a list of strings"),
+        ({"model": {"kind": "bert"}}, "key 'model.kind' must be one of"),
+        ({"model": {"kind": "hf"}}, "needs key 'model.path'"),
+        ({"grid": {"min_sparsity": 0.9, "max_sparsity": 0.5}}, "exceeds 'grid.max_sparsity'"),
+        ({"hardware": {"backend": "cuda-2:4"}}, "needs grid.kind = 'nm'"),
+        ({"search": {"baselines": ["best"]}}, "unknown names"),
+        ({"run": []}, "[run] must be a table"),
+    ],
+)
+def test_bad_values_name_file_and_key(data, message):
+    with pytest.raises(ProfileError) as info:
+        from_dict(data, "my.toml")
+    assert str(info.value).startswith("my.toml: ") and message in str(info.value)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ProfileError, match="no such profile"):
+        load_profile(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[search\ntarget = 2")
+    with pytest.raises(ProfileError, match="bad.toml: invalid TOML"):
+        load_profile(bad)
+
+
+def test_relative_paths_resolve_against_the_profile(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[hardware]\ntimings = "tables/t.txt"\n')
+    assert load_profile(path).hardware.timings == str(tmp_path / "tables" / "t.txt")
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    profile = from_dict({"search": {"target": 2.0, "skip": ["a.*"]}, "run": {"name": 'q"x'}})
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(profile))
+    assert load_profile(path).to_dict() == profile.to_dict()
+
+
+def test_every_key_is_documented():
+    docs = (Path(__file__).parent.parent / "docs" / "profiles.md").read_text()
+    for key, _default, _allowed, doc in describe():
+        assert doc, key
+        assert f"`{key}`" in docs, f"{key} missing from docs/profiles.md"

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from engine.timing.table import TableError, TimingTable, load_table, save_table
+
+from .conftest import TABLES
+
+EXPECTED_LAYERS = {
+    "rn18_unstr": 21, "rn34_unstr": 37, "rn50_unstr": 54, "rn101_unstr": 105, "2rn50_unstr": 54,
+    "rn50_4block": 52, "yolov5s_unstr": 60, "yolov5m_unstr": 82,
+}
+
+
+def test_all_eight_shipped_tables_load(shipped_tables):
+    assert {name: len(t.layers) for name, t in shipped_tables.items()} == EXPECTED_LAYERS
+
+
+def test_first_entries_and_headers_read_exactly(shipped_tables):
+    table = shipped_tables["rn50_unstr"]
+    assert table.base == 0.45038264 and table.prunable == 0.44644355
+    conv1 = table.layer("conv1")
+    assert conv1.levels[:2] == ("0.0000", "0.4000") and conv1.seconds[:2] == (0.013860, 0.014522)
+
+
+def test_quirks(shipped_tables):
+    block = shipped_tables["rn50_4block"]
+    assert not any(name.endswith(".weight") for name in block.names)  # header-only layers dropped
+    assert sum("no entries" in w for w in block.warnings) == 52
+    yolo_m = shipped_tables["yolov5m_unstr"]
+    layer = yolo_m.layer("model.8.m.0.cv2.conv")
+    assert len(layer.levels) == 41 and "0.9900" not in layer.levels  # a level missing for one layer
+    assert layer.seconds_at("0.0000") == 0.024301  # listed twice: the later value is kept
+    assert any("listed twice" in w for w in yolo_m.warnings)
+    rn50 = shipped_tables["rn50_unstr"]  # non-monotone times are kept as measured
+    assert any(b > a for layer in rn50.layers for a, b in zip(layer.seconds[1:], layer.seconds[2:]))
+
+
+@pytest.mark.parametrize("fmt", ["json", "spdy-txt"])
+def test_round_trip_every_shipped_table(shipped_tables, tmp_path, fmt):
+    for name, table in shipped_tables.items():
+        path = tmp_path / f"{name}.{fmt}"
+        save_table(table, path, fmt)
+        again = load_table(path)
+        assert again.base == table.base and again.prunable == table.prunable, name
+        assert again.layers == table.layers, name
+
+
+def test_json_carries_metadata(tmp_path):
+    table = TimingTable(1.0, 0.5, [], backend="cpu", dense_baseline="onednn", environment={"cpu": "x"})
+    table.layers.append(load_table(TABLES / "rn18_unstr.txt").layers[0])
+    save_table(table, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["format"] == "spdy-tui/timings" and data["version"] == 1 and data["unit"] == "s"
+    again = load_table(tmp_path / "t.json")
+    assert again.dense_baseline == "onednn" and again.environment == {"cpu": "x"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base\n1.0\nprunable\n0.5\nconv1\n0.1 0.0000\n0.x 0.4000\n", ":7: expected seconds"),
+        ("base\n1.0\nprunable\n0.5\nconv1\n0.1 0.0000 extra\n", ":6: expected '<seconds> <level>'"),
+        ("base\n1.0\nconv1\n0.1 0.0000\n", "missing the 'prunable' header"),
+        ("base\n1.0\nprunable\n0.5\n", "lists no layer"),
+        ("base\n1.0\nprunable\n0.5\n0.1 0.0000\n", ":5: entry"),
+        ("base\n1.0\nprunable\n0.5\nconv1\n0.1 1.5\n", ":6: sparsity level"),
+    ],
+)
+def test_malformed_tables_name_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(TableError, match="bad.txt") as info:
+        load_table(path)
+    assert message in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TableError, match="no such timing table"):
+        load_table(tmp_path / "absent.txt")

@@ -1,0 +1,48 @@
+from engine.timing.measure import summarise, time_interleaved
+
+
+class FakeClock:
+    """A deterministic clock: each call of a variant advances time by that variant's cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_summary_quartiles_exact():
+    stats = summarise([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (stats.q1, stats.median, stats.q3) == (2.0, 3.0, 4.0) and stats.spread == 2.0 / 3.0
+
+
+def test_interleaved_medians_and_rotation():
+    clock = FakeClock()
+    order = []
+
+    def variant(name, cost):
+        def run():
+            order.append(name)
+            clock.now += cost
+
+        return run
+
+    stats = time_interleaved({"a": variant("a", 1.0), "b": variant("b", 3.0)}, warmup=1, repeats=4, clock=clock)
+    assert stats["a"].median == 1.0 and stats["b"].median == 3.0 and stats["a"].stable
+    assert order[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # after warm-up, rounds rotate
+
+
+def test_noisy_variant_is_retried_then_flagged():
+    clock = FakeClock()
+    calls = {"noisy": 0}
+
+    def noisy():
+        calls["noisy"] += 1
+        clock.now += 1.0 if calls["noisy"] % 2 else 5.0
+
+    def steady():
+        clock.now += 2.0
+
+    stats = time_interleaved({"noisy": noisy, "steady": steady}, warmup=0, repeats=6, max_spread=0.1, retries=2, clock=clock)
+    assert calls["noisy"] == 18  # measured three times: once, then two retries
+    assert not stats["noisy"].stable and stats["steady"].stable and stats["steady"].median == 2.0

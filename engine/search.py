@@ -37,6 +37,9 @@ class Scorer(Protocol):
         ``math.inf`` for it (early abandon); every other value must be exact.
         """
 
+    def accept(self, levels: list[str]) -> None:
+        """Told of every new best allocation (a scorer may cache its activations)."""
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -119,6 +122,7 @@ class Search:
             improved = loss < self.best_loss
             if improved:
                 self.best_loss, self.best_c, improved_any = loss, candidate, True
+                self.scorer.accept(allocation.levels)
             self.evaluations += 1
             self._record(
                 Evaluation(self.evaluations, phase, k, loss, self.best_loss, improved, allocation.predicted_speedup, allocation.levels)

@@ -23,6 +23,9 @@ class SyntheticScorer:
     def exact(self, levels):
         return float(sum(w * float(level) ** 2 for w, level in zip(self.weights, levels)))
 
+    def accept(self, levels):
+        pass
+
     def score(self, allocations, bound):
         self.calls += len(allocations)
         losses = [self.exact(levels) for levels in allocations]

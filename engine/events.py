@@ -35,8 +35,9 @@ STAGE_STATES = ("started", "done", "skipped")
 class EventLog:
     """Append-only writer of ``events.jsonl``."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, listener=None):
         self.path = Path(path)
+        self.listener = listener  # called with every event after it is written (e.g. progress on stderr)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
         self._handle = open(self.path, "a", encoding="utf-8")
@@ -60,6 +61,8 @@ class EventLog:
         event = {"v": SCHEMA_VERSION, "t": round(time.time(), 3), "type": type, **fields}
         self._handle.write(json.dumps(event, separators=(",", ":"), default=_plain) + "\n")
         self._handle.flush()
+        if self.listener is not None:
+            self.listener(event)
         return event
 
     def close(self) -> None:
@@ -96,8 +99,9 @@ def read_events(path: str | os.PathLike) -> Iterator[dict]:
 class Follower:
     """Incremental reader for a live log: each ``poll()`` returns the events appended since the last."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, listener=None):
         self.path = Path(path)
+        self.listener = listener  # called with every event after it is written (e.g. progress on stderr)
         self._offset = 0
         self._partial = b""
 

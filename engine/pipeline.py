@@ -68,15 +68,16 @@ def open_run(profile_path: str | Path, out: str | Path | None = None, resume: bo
 
 def execute(run: Run, stop_after: str | None = None) -> dict:
     """Run every stage in order (skipping finished ones); returns result.json's content."""
-    from engine import stages
+    from engine import finish, stages
 
     status = "failed"
     try:
         for name in STAGES:
-            step = getattr(stages, f"stage_{name}")
-            if getattr(stages, f"done_{name}")(run):
+            module = stages if hasattr(stages, f"stage_{name}") else finish
+            step = getattr(module, f"stage_{name}")
+            if getattr(module, f"done_{name}")(run):
                 run.log.emit("stage", name=name, state="skipped")
-                getattr(stages, f"load_{name}")(run)
+                getattr(module, f"load_{name}")(run)
             else:
                 run.log.emit("stage", name=name, state="started")
                 step(run)

@@ -144,6 +144,137 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
     print("```")
 
 
+# ---------------------------------------------------------------------------- runs
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (a message for the user), not a bug."""
+    from engine.config import ProfileError
+    from engine.pipeline import RunError
+    from engine.timing.table import TableError
+
+    errors: list[type[Exception]] = [ProfileError, RunError, TableError]
+    for module, name in (("engine.models", "ModelError"), ("engine.data", "DataError"), ("engine.verify", "VerifyError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, stop_after: Optional[str]) -> dict:
+    from engine.dp import InfeasibleTarget
+    from engine.pipeline import execute, open_run
+
+    from spdy_tui.progress import StderrProgress
+
+    listener = StderrProgress(err)
+    try:
+        run = open_run(profile, run_dir, resume, listener=listener)
+        err.print(f"run directory: {run.run_dir}")
+        return execute(run, stop_after=stop_after)
+    except InfeasibleTarget as exc:
+        raise fail(str(exc), Exit.INFEASIBLE) from None
+    except _user_errors() as exc:
+        raise fail(str(exc)) from None
+    finally:
+        listener.close()
+
+
+OUT_OPTION = typer.Option(None, "--out", help="Run directory (default: <run.out_dir>/<run.name>).")
+RESUME_OPTION = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory.")
+
+
+@app.command()
+def run(
+    profile: Path = typer.Argument(..., help="TOML profile."),
+    out_dir: Optional[Path] = OUT_OPTION,
+    resume: bool = RESUME_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print result.json on stdout."),
+) -> None:
+    """Run everything: timings, database, search, baselines, final model, verify, export."""
+    result = _run_stages(profile, out_dir, resume, None)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    elif result:
+        measured = result.get("measured_speedup")
+        out.print(
+            f"target {result['target_speedup']:g}x: predicted {result['predicted_speedup']:.3f}x, "
+            f"measured {'-' if measured is None else f'{measured:.3f}x'} (dense baseline: {result['dense_baseline']}); "
+            f"calibration loss {result['loss']['calibration']:.5g}, held-out {result['heldout_metric']} {result['loss']['heldout']:.4f}"
+        )
+
+
+@app.command()
+def timings(
+    profile: Path = typer.Argument(..., help="TOML profile."),
+    out_dir: Optional[Path] = OUT_OPTION,
+    resume: bool = RESUME_OPTION,
+    fmt: str = typer.Option("json", "--format", help="Also write the table as 'spdy-txt' (timings.txt)."),
+) -> None:
+    """Measure every prunable layer at every level on this machine (writes timings.json)."""
+    if fmt not in ("json", "spdy-txt"):
+        raise fail(f"--format must be json or spdy-txt, got {fmt!r}")
+    _run_stages(profile, out_dir, resume, "timings")
+    if fmt == "spdy-txt":
+        from engine.config import load_profile
+        from engine.timing.table import load_table, save_table
+
+        resolved = load_profile(profile)
+        directory = out_dir or Path(resolved.run.out_dir) / resolved.run.name
+        save_table(load_table(directory / "timings.json"), directory / "timings.txt", "spdy-txt")
+        err.print(f"wrote {directory / 'timings.txt'}")
+
+
+@app.command()
+def db(profile: Path = typer.Argument(..., help="TOML profile."), out_dir: Optional[Path] = OUT_OPTION, resume: bool = RESUME_OPTION) -> None:
+    """Build the database of pruned, reconstructed weights (after the timings)."""
+    _run_stages(profile, out_dir, resume, "database")
+
+
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="A run directory with a result.json.")) -> None:
+    """Re-measure a run's speedup end to end with sparse kernels."""
+    from engine import finish
+    from engine.config import ProfileError, load_profile
+    from engine.events import EventLog
+    from engine.pipeline import Run
+    from engine.stages import load_database, load_timings
+
+    try:
+        profile = load_profile(run_dir / "profile.toml")
+        if not (run_dir / "result.json").exists():
+            raise fail(f"{run_dir}: no result.json (run `spdy run` first)")
+        with EventLog(run_dir / "events.jsonl") as log:
+            the_run = Run(profile, run_dir, log)
+            load_timings(the_run)
+            load_database(the_run)
+            finish.stage_verify(the_run)
+    except (ProfileError, *_user_errors()) as exc:
+        raise fail(str(exc)) from None
+    result = json.loads((run_dir / "result.json").read_text())
+    outcome = result["verify"]
+    out.print(
+        f"predicted {outcome['predicted']:.3f}x, measured {outcome['measured']:.3f}x "
+        f"(dense {outcome['dense_seconds'] * 1e3:.1f} ms on {outcome['dense_baseline']}, sparse {outcome['sparse_seconds'] * 1e3:.1f} ms)"
+    )
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A run directory or its events.jsonl (live, finished or killed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a run's log: stages, evaluations, best loss curve, allocation, baselines, speedup."""
+    from spdy_tui.inspect import render_summary, summary_json
+
+    log = path / "events.jsonl" if path.is_dir() else path
+    if not log.exists():
+        raise fail(f"{log}: no such run log")
+    if as_json:
+        print(json.dumps(summary_json(log), indent=1))
+    else:
+        render_summary(log, out)
+
+
 def main() -> None:
     try:
         app()

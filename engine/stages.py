@@ -178,7 +178,12 @@ def stage_search(run: Run) -> None:
             levels=event.levels,
         )
         if event.accepted:
-            run.log.emit("best", n=event.n, loss=event.loss, levels=event.levels, names=the_problem.table.names)
+            table = the_problem.table
+            times = [layer.seconds_at(level) for layer, level in zip(table.layers, event.levels)]
+            run.log.emit(
+                "best", n=event.n, loss=event.loss, levels=event.levels, names=table.names, times=times,
+                budget=the_problem.budget, predicted_speedup=event.predicted_speedup,
+            )
 
     if settings_in.workers > 1:
         from engine.pool import PooledScorer
@@ -234,7 +239,7 @@ def stage_baselines(run: Run) -> None:
         try:
             allocation = _allocation_for(run, name, the_problem)
         except InfeasibleTarget as exc:
-            records[name] = {"error": str(exc)}
+            records[name] = {"error": str(exc), "predicted_speedup": None, "loss": {"calibration": None, "heldout": None}}
             continue
         calibration = scorer.loss(allocation.levels)
         heldout = heldout_metric(run, allocation.levels)

@@ -1,49 +1,274 @@
-"""`spdy-tui`: the terminal UI.
+"""`spdy-tui`: a thin viewer and launcher for SPDY runs (docs/tui.md).
 
-This first version opens a start screen that lists the shipped profiles and the run directories
-found under ./runs; the live panes arrive with the run log (see docs/tui.md).
+The search never runs here: a profile is started as a detached `spdy run` child, and the UI only
+tails the run directory's events.jsonl.  A run directory given directly, live or finished, goes
+through the same path, so a dropped SSH session loses nothing.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from pathlib import Path
 
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, ListItem, ListView
+from textual.worker import get_current_worker
+
+from engine.events import Follower
+from engine.runlog import RunState
+from spdy_tui.launch import RunProcess, new_run_dir, start_run
+from spdy_tui.panes import AlertPane, AllocationPane, LossPlot, OutcomePane, ProgressPane, StatePane, StatusPane
 
 USAGE = """usage: spdy-tui [PROFILE.toml | RUN_DIR]
 
-Terminal UI for spdy-tui. With no argument it opens a start screen listing profiles/*.toml
-and the runs under ./runs. Keys are shown in the footer; q quits.
+Terminal UI for SPDY runs.
+  PROFILE.toml  start `spdy run PROFILE --out runs/<name>-<time>` in the background and watch it
+  RUN_DIR       attach to a run directory (live or finished) and watch or inspect it
+  (nothing)     a start screen listing profiles/*.toml and recent runs/*
+
+Quitting (q) leaves a started run going; `s` stops it. Keys are shown in the footer.
 """
+POLL_SECONDS = 0.25  # the log is read, and the screen redrawn, at most this often
 
 
 def discover(root: Path) -> tuple[list[Path], list[Path]]:
-    """Profiles under root/profiles and run directories (holding events.jsonl) under root/runs."""
+    """Profiles under root/profiles, and run directories under root/runs, newest first."""
     profiles = sorted((root / "profiles").glob("*.toml"))
-    runs = sorted(path.parent for path in (root / "runs").glob("*/events.jsonl"))
-    return profiles, runs
+    logs = sorted((root / "runs").glob("*/events.jsonl"), key=lambda path: path.stat().st_mtime, reverse=True)
+    return profiles, [log.parent for log in logs]
 
 
-class SpdyApp(App):
-    TITLE = "spdy-tui"
-    BINDINGS = [Binding("q", "quit", "Quit")]
+class PathItem(ListItem):
+    def __init__(self, path: Path, text: str):
+        super().__init__(Label(text))
+        self.path = path
 
-    def __init__(self, root: Path | None = None):
+
+class StartScreen(Screen):
+    """Pick a profile to start a run, or a recent run to attach to."""
+
+    BINDINGS = [Binding("r", "rescan", "Rescan")]
+
+    class Picked(Message):
+        def __init__(self, path: Path):
+            super().__init__()
+            self.path = path
+
+    def __init__(self, root: Path):
         super().__init__()
-        self.root = root or Path.cwd()
+        self.root = root
 
     def compose(self) -> ComposeResult:
         yield Header()
-        profiles, runs = discover(self.root)
-        items = [ListItem(Label(f"profile  {path.relative_to(self.root)}")) for path in profiles]
-        items += [ListItem(Label(f"run      {path.relative_to(self.root)}")) for path in runs]
-        if not items:
-            items = [ListItem(Label("no profiles or runs found here"))]
-        yield ListView(*items, id="start")
+        yield Label("Enter on a profile starts a run; Enter on a run attaches to it.", id="start-help")
+        yield ListView(id="start")
         yield Footer()
+
+    def on_screen_resume(self) -> None:
+        self.action_rescan()
+
+    def action_rescan(self) -> None:
+        profiles, runs = discover(self.root)
+        listing = self.query_one("#start", ListView)
+        listing.clear()
+        for path in profiles:
+            listing.append(PathItem(path, f"start   {path.relative_to(self.root)}"))
+        for path in runs:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((path / "events.jsonl").stat().st_mtime))
+            listing.append(PathItem(path, f"attach  {path.relative_to(self.root)}  (last event {stamp})"))
+        if not profiles and not runs:
+            listing.append(ListItem(Label(f"no profiles/*.toml or runs/*/events.jsonl under {self.root}"), disabled=True))
+        listing.index = 0
+        listing.focus()
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        if isinstance(event.item, PathItem):
+            self.post_message(self.Picked(event.item.path))
+
+
+class ConfirmStopScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("y", "answer(True)", "Yes, stop it"), Binding("n,escape", "answer(False)", "No")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Label("Stop the run? It gets SIGINT, as from Ctrl-C; it can resume later.")
+            yield Label("y: stop   n: keep running")
+        yield Footer()
+
+    def action_answer(self, stop: bool) -> None:
+        self.dismiss(stop)
+
+
+class RunScreen(Screen):
+    """Every pane of one run directory, live or at a chosen best of its history."""
+
+    BINDINGS = [
+        Binding("left_square_bracket,left", "step(-1)", "Prev best", key_display="[ ←", priority=True),
+        Binding("right_square_bracket,right", "step(1)", "Next best", key_display="] →", priority=True),
+        Binding("f,end", "follow", "Latest"),
+        Binding("s", "stop_run", "Stop run"),
+        Binding("escape", "app.pop_screen", "Runs"),
+    ]
+    cursor: reactive[int | None] = reactive(None)  # index of the best shown; None follows the latest
+
+    class LogGrew(Message):
+        """New events (possibly none) and the run process's exit code, from one poll."""
+
+        def __init__(self, events: list[dict], exit_code: int | None):
+            super().__init__()
+            self.events, self.exit_code = events, exit_code
+
+    def __init__(self, run_dir: Path, process: RunProcess | None = None):
+        super().__init__()
+        self.run_dir, self.process = run_dir, process
+        self.live = RunState()
+        self.exit_code: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield StatusPane(id="status")
+        with Horizontal(id="body"):
+            with VerticalScroll(id="allocation-scroll"):
+                yield AllocationPane(id="allocation")
+            with Vertical(id="side"):
+                yield ProgressPane(id="progress")
+                yield LossPlot(id="loss-plot")
+                yield OutcomePane(id="outcome")
+        yield AlertPane(id="alerts")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.run_dir.name
+        self.query_one("#allocation-scroll").border_title = "best allocation"
+        self.query_one("#progress").border_title = "progress"
+        self.query_one("#loss-plot").border_title = "loss: ⠂ evals ─ best"
+        self.query_one("#outcome").border_title = "baselines and speedup"
+        self.query_one("#allocation-scroll").focus()
+        self.tail_log()
+
+    @work(thread=True, exclusive=True)
+    def tail_log(self) -> None:
+        """Poll the log every POLL_SECONDS and post what arrived as one message."""
+        worker, follower = get_current_worker(), Follower(self.run_dir / "events.jsonl")
+        exit_seen = False
+        while not worker.is_cancelled:
+            exit_code = self.process.exit_code if self.process else None  # before reading: its last lines are in
+            events = follower.poll()
+            if events or (exit_code is not None and not exit_seen):
+                self.post_message(self.LogGrew(events, exit_code))
+                exit_seen = exit_code is not None
+            time.sleep(POLL_SECONDS)
+
+    def on_run_screen_log_grew(self, message: LogGrew) -> None:
+        for event in message.events:
+            self.live.apply(event)
+        if message.exit_code is not None and self.exit_code is None:
+            self.exit_code = message.exit_code
+            self.query_one(AlertPane).process_failure = self._process_failure()
+            self.refresh_bindings()
+        if self.cursor is None:
+            self.show(self.live)
+        else:
+            self.query_one(StatusPane).position = self._position()
+
+    def watch_cursor(self) -> None:
+        self.show(self.live if self.cursor is None else self.live.at_best(self.cursor))
+
+    def show(self, state: RunState) -> None:
+        for pane in self.query(StatePane):
+            pane.state = state
+        self.query_one(LossPlot).state = state
+        self.query_one(StatusPane).position = self._position()
+
+    def _position(self) -> str:
+        count = len(self.live.best_history)
+        if self.cursor is not None:
+            n = self.live.best_history[self.cursor].get("n")
+            return f"best {self.cursor + 1} of {count} (eval #{n}) · f: latest"
+        if self.live.finished is not None:
+            return "final"
+        return "stopped" if self.exit_code is not None else "live"
+
+    def _process_failure(self) -> tuple[str, ...]:
+        """What the alert pane says about the exited run process; nothing after a clean finish."""
+        code = self.exit_code
+        if code == 0 and self.live.finished is not None:
+            return ()
+        if code == 130:
+            return ("spdy run was interrupted (exit code 130); continue it with:", self.process.resume_command)
+        if code == 0:
+            headline = "spdy run exited (code 0) without logging run_finished; the end of its stderr:"
+        elif code < 0:
+            headline = f"spdy run was killed by {signal.Signals(-code).name}; the end of its stderr:"
+        else:
+            headline = f"spdy run failed with exit code {code}; the end of its stderr:"
+        return (headline, *self.process.stderr_tail())
+
+    def action_step(self, delta: int) -> None:
+        count = len(self.live.best_history)
+        here = count if self.cursor is None else self.cursor  # the latest view sits after the last best
+        target = here + delta
+        if not 0 <= target <= count or target == here:
+            self.app.bell()
+            return
+        self.cursor = None if target == count else target
+
+    def action_follow(self) -> None:
+        self.cursor = None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop_run":
+            return self.process is not None and self.exit_code is None
+        return True
+
+    def action_stop_run(self) -> None:
+        def stop_if_confirmed(stop: bool | None) -> None:
+            if stop and self.process is not None:
+                self.process.stop()
+                self.notify("SIGINT sent to the run; it stops at the next safe point")
+
+        self.app.push_screen(ConfirmStopScreen(), stop_if_confirmed)
+
+
+class SpdyApp(App):
+    """The start screen underneath, and a run screen on top when a run is open."""
+
+    TITLE = "spdy-tui"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [Binding("q", "quit", "Quit (run keeps going)")]
+
+    def __init__(self, target: Path | None = None, root: Path | None = None):
+        super().__init__()
+        self.target = target
+        self.root = root or Path.cwd()
+
+    def on_mount(self) -> None:
+        self.push_screen(StartScreen(self.root))
+        if self.target is not None:
+            self.open(self.target)
+
+    def on_start_screen_picked(self, message: StartScreen.Picked) -> None:
+        self.open(message.path)
+
+    def open(self, path: Path) -> None:
+        """Attach to a run directory, or start a run of a profile and attach to its directory."""
+        if path.is_dir():
+            self.push_screen(RunScreen(path))
+            return
+        try:
+            process = start_run(path, new_run_dir(path, self.root / "runs"))
+        except OSError as exc:
+            self.notify(f"could not start spdy run: {exc}", severity="error", timeout=30)
+            return
+        self.push_screen(RunScreen(process.run_dir, process))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
-    SpdyApp().run()
+    target = Path(argv[0]) if argv else None
+    if len(argv) > 1 or (target is not None and not (target.is_dir() or (target.is_file() and target.suffix == ".toml"))):
+        problem = "expected at most one argument" if len(argv) > 1 else f"{target}: neither a run directory nor a .toml profile"
+        print(f"spdy-tui: {problem}\n\n{USAGE}", end="", file=sys.stderr)
+        sys.exit(2)
+    SpdyApp(target).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

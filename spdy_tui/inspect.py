@@ -1,0 +1,78 @@
+"""`spdy inspect`: a run log summarised on the terminal (or as JSON).
+
+Works on a live, finished or killed run: the reducer (``engine.runlog``) ignores a truncated
+last line and missing fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.runlog import RunState, summarise
+from spdy_tui.plot import loss_plot
+
+
+def summary_json(path: Path) -> dict:
+    state = summarise(path)
+    return {
+        "stages": state.stages,
+        "timing": {"done": state.timing.done, "total": state.timing.total},
+        "database": {"done": state.database.done, "total": state.database.total},
+        "evaluations": len(state.evaluations),
+        "best_loss": state.best_loss,
+        "predicted_speedup": state.predicted_speedup,
+        "allocation": [
+            {"name": c.name, "level": c.level, "seconds": c.seconds, "share": c.share} for c in state.allocation()
+        ],
+        "baselines": state.baselines,
+        "verify": state.verify,
+        "errors": state.errors,
+        "finished": state.finished,
+    }
+
+
+def render_summary(path: Path, console: Console) -> None:
+    state: RunState = summarise(path)
+    stages = ", ".join(f"{name}: {status}" for name, status in state.stages.items()) or "none"
+    console.print(f"[bold]{path}[/]")
+    console.print(f"stages: {stages}")
+    if state.timing.total:
+        console.print(f"timings: {state.timing.done}/{state.timing.total} (layer, level) cells measured")
+    if state.database.total:
+        console.print(f"database: {state.database.done}/{state.database.total} (layer, level) entries built")
+    if state.evaluations:
+        console.print(f"search: {len(state.evaluations)} evaluations, best calibration loss {state.best_loss:.6g}")
+        losses = [point.loss for point in state.evaluations]
+        bests = [point.best for point in state.evaluations]
+        console.print(loss_plot(losses, bests, width=72, height=10))
+    allocation = state.allocation()
+    if allocation:
+        table = Table(title="best allocation", show_edge=False)
+        for column in ("layer", "level", "time (ms)", "share"):
+            table.add_column(column, justify="left" if column == "layer" else "right")
+        for choice in allocation:
+            seconds = "" if choice.seconds is None else f"{choice.seconds * 1e3:.3f}"
+            share = "" if choice.share is None else f"{choice.share:.1%}"
+            table.add_row(choice.name, choice.level, seconds, share)
+        console.print(table)
+    if state.predicted_speedup is not None:
+        console.print(f"predicted speedup: {state.predicted_speedup:.3f}x")
+    for name, baseline in state.baselines.items():
+        loss = baseline.get("loss")
+        speedup = baseline.get("predicted_speedup")
+        console.print(
+            f"baseline {name}: loss {'-' if loss is None else f'{loss:.6g}'}, "
+            f"predicted {'-' if speedup is None else f'{speedup:.3f}x'}"
+        )
+    if state.verify:
+        verify = state.verify
+        console.print(f"verify: predicted {verify['predicted']:.3f}x, measured {verify['measured']:.3f}x")
+    for message in state.errors:
+        console.print(f"[red]error:[/] {message}")
+    if state.finished:
+        console.print(f"finished: {state.finished.get('status')} after {state.finished.get('wall_seconds', 0):.0f} s")
+    elif state.events:
+        console.print("finished: not yet (running, or killed; `spdy run --resume` continues it)")

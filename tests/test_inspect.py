@@ -1,0 +1,31 @@
+import json
+
+from typer.testing import CliRunner
+
+from spdy_tui.cli import Exit, app
+
+from .test_runlog import write_synthetic_run
+
+runner = CliRunner()
+
+
+def test_inspect_finished_and_killed_logs(tmp_path, monkeypatch):
+    write_synthetic_run(tmp_path / "events.jsonl", monkeypatch)
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "evaluations" in result.stdout and "best allocation" in result.stdout and "finished: ok" in result.stdout
+    data = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "events.jsonl"), "--json"]).stdout)
+    assert data["evaluations"] > 0 and data["allocation"] and data["finished"]["status"] == "ok"
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    write_synthetic_run(killed / "events.jsonl", monkeypatch, finished=False)
+    with open(killed / "events.jsonl", "a") as handle:
+        handle.write('{"v":1,"type":"eval","n":99')  # killed mid-line
+    result = runner.invoke(app, ["inspect", str(killed)])
+    assert result.exit_code == 0 and "not yet" in result.stdout
+
+
+def test_inspect_missing_log(tmp_path):
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == Exit.BAD_INPUT and "no such run log" in result.output

@@ -7,7 +7,6 @@ Products in the run directory: ``timings.json``, ``db/``, ``search.json``, ``bas
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -31,11 +30,21 @@ def model_and_data(run: Run):
 
 
 def timing_inputs(run: Run):
-    """``hardware.batch_size`` real calibration samples: the batch the speedup is promised for."""
-    from engine.data import take_samples
+    """``hardware.batch_size`` real calibration samples: the batch the speedup is promised for.
 
+    Taken from the calibration batches in order (repeated if there are fewer samples)."""
     _, data = model_and_data(run)
-    return take_samples(data.calibration, run.profile.hardware.batch_size)
+    wanted = run.profile.hardware.batch_size
+    parts = [batch.inputs for batch in data.calibration]
+    while sum(_samples(part) for part in parts) < wanted:
+        parts = parts + parts
+    if isinstance(parts[0], dict):
+        return {key: torch.cat([part[key] for part in parts])[:wanted] for key in parts[0]}
+    return torch.cat(parts)[:wanted]
+
+
+def _samples(inputs) -> int:
+    return int(next(iter(inputs.values())).shape[0] if isinstance(inputs, dict) else inputs.shape[0])
 
 
 def _read_json(path):
@@ -144,12 +153,12 @@ def problem(run: Run):
 
 def scorer_for(run: Run):
     from engine.database import Stitcher
-    from engine.losses import resolve_loss
+    from engine.losses import loss_function
     from engine.scoring import ModelScorer
 
     loaded, data = model_and_data(run)
     search = run.profile.search
-    loss_fn = resolve_loss(search.loss, loaded.kind, data.has_labels)
+    loss_fn = loss_function(search.loss, loaded.kind, data.has_labels)
     stitcher = Stitcher(loaded.model, loaded.layer_names, run.state["db"])
     return ModelScorer(loaded, data.calibration, loss_fn, stitcher, loaded.layer_names, search.early_abandon, search.reuse_activations)
 
@@ -258,14 +267,31 @@ def load_baselines(run: Run) -> None:
 
 
 def heldout_metric(run: Run, levels: list[str], model=None) -> float:
-    """The held-out metric (cosine similarity to dense, or accuracy) of the model at ``levels``."""
+    """The held-out metric of the model at ``levels`` (or of ``model``): mean cosine similarity to
+    the dense embeddings for encoders, top-1 accuracy (or agreement with dense) for classifiers."""
     from engine.database import Stitcher
-    from engine.losses import heldout_score
+    from engine.losses import heldout_metrics
 
     loaded, data = model_and_data(run)
-    if model is not None:
-        return heldout_score(loaded, model, data.heldout)
-    with Stitcher(loaded.model, loaded.layer_names, run.state["db"]) as stitcher:
-        stitcher.apply(dict(zip(loaded.layer_names, levels)))
-        pruned = copy.deepcopy(loaded.model)
-    return heldout_score(loaded, pruned, data.heldout)
+    if not data.heldout:
+        return float("nan")
+
+    def outputs(candidate):
+        with torch.no_grad():
+            return torch.cat([_forward(loaded, candidate, batch.inputs) for batch in data.heldout])
+
+    if "heldout_dense" not in run.state:
+        run.state["heldout_dense"] = outputs(loaded.model)
+    labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
+    if model is None:
+        with Stitcher(loaded.model, loaded.layer_names, run.state["db"]) as stitcher:
+            stitcher.apply(dict(zip(loaded.layer_names, levels)))
+            candidate = outputs(loaded.model)
+    else:
+        candidate = outputs(model)
+    metrics = heldout_metrics(loaded.kind, candidate, run.state["heldout_dense"], labels)
+    return metrics.get("cosine", metrics.get("accuracy", metrics.get("agreement")))
+
+
+def _forward(loaded, model, inputs):
+    return loaded.forward(model, inputs) if loaded.forward is not None else model(inputs)

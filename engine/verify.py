@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from engine.grid import DENSE
-from engine.sparse.dense import dense_paths
-from engine.sparse.modules import sparse_module
+from engine.timing.cpu import dense_paths, set_threads, sparse_module
 from engine.timing.measure import time_interleaved
 
 
@@ -46,8 +45,6 @@ def _run(loaded, model: nn.Module, inputs: Any) -> torch.Tensor:
 
 def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table, hardware, predicted: float) -> dict:
     """Check outputs, then measure dense vs sparse end to end; returns the ``verify`` event fields."""
-    from engine.timing.cpu import set_threads
-
     set_threads(hardware.threads)
     dense_name = table.dense_baseline or "torch"
     dense_model = dense_paths(copy.deepcopy(loaded.model), list(levels), only=dense_name)[dense_name].eval()

@@ -78,3 +78,14 @@ def test_malformed_tables_name_file_and_line(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(TableError, match="no such timing table"):
         load_table(tmp_path / "absent.txt")
+
+
+def test_subset_moves_dropped_dense_time_into_the_overhead(shipped_tables):
+    table = shipped_tables["rn18_unstr"]
+    keep = table.names[1:-1]
+    part = table.subset(keep)
+    assert part.names == keep and part.base == table.base
+    dropped = table.layers[0].dense_seconds + table.layers[-1].dense_seconds
+    assert abs(part.overhead - (table.overhead + dropped)) < 1e-12
+    levels = ["0.0000"] * len(keep)
+    assert abs(part.predicted_time(levels) - table.predicted_time(["0.0000"] * len(table.names))) < 1e-12

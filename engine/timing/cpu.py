@@ -25,9 +25,9 @@ from torch import nn
 
 from engine.environment import describe_environment, fingerprint
 from engine.grid import DENSE, level_sparsity
-from engine.masks import magnitude_prune
-from engine.sparse.dense import dense_paths
-from engine.sparse.modules import sparse_module
+from engine.masks import magnitude_mask
+from engine.sparse.dense import densify_fast, onednn_available
+from engine.sparse.modules import SparseConv2d, SparseLinear
 from engine.timing.measure import time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
 
@@ -39,6 +39,25 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def sparse_module(layer: nn.Module) -> nn.Module:
+    """Our unstructured-sparse kernel for a pruned Linear or Conv2d (its zeros are skipped)."""
+    return SparseLinear.from_linear(layer) if isinstance(layer, nn.Linear) else SparseConv2d.from_conv(layer)
+
+
+def dense_paths(model: nn.Module, names: list[str], only: str | None = None) -> dict[str, nn.Module]:
+    """The model on each dense path: "torch" (as loaded) and "onednn" (the named Linears on oneDNN's
+    pre-packed GEMM; convolutions already run on oneDNN in torch).  ``only`` builds just one."""
+    paths: dict[str, nn.Module] = {}
+    if only in (None, "torch"):
+        paths["torch"] = model
+    if only in (None, "onednn") and onednn_available():
+        linears = [name for name in names if isinstance(model.get_submodule(name), nn.Linear)]
+        paths["onednn"] = densify_fast(copy.deepcopy(model), linears)
+    if only is not None and only not in paths:
+        raise ValueError(f"dense path {only!r} is not available here")
+    return paths
 
 
 def capture_inputs(model_run: Callable[[], Any], model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -95,7 +114,7 @@ def profile_cpu(loaded, example_inputs: Any, layers: list, levels: list[str], ha
             else:
                 pruned = copy.deepcopy(loaded.model.get_submodule(name))
                 with torch.no_grad():
-                    pruned.weight.copy_(magnitude_prune(pruned.weight, level_sparsity(level)))
+                    pruned.weight.mul_(magnitude_mask(pruned.weight, level_sparsity(level)))
                 kernel = sparse_module(pruned)
                 variants[level] = lambda k=kernel: k(x)
         with torch.no_grad():

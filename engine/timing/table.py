@@ -82,6 +82,15 @@ class TimingTable:
                 return layer
         raise KeyError(name)
 
+    def subset(self, names: list[str]) -> TimingTable:
+        """The table restricted to ``names`` (in that order); dropped layers' dense time joins the overhead."""
+        kept = [self.layer(name) for name in names]
+        dropped = math.fsum(layer.dense_seconds for layer in self.layers if layer.name not in set(names))
+        return TimingTable(
+            self.base, self.prunable - dropped, kept, self.unit, self.backend, self.dense_baseline,
+            dict(self.environment), list(self.warnings),
+        )
+
     def matrix(self) -> tuple[np.ndarray, list[list[str]]]:
         """Seconds as a (layers, max levels) float array padded with inf, and the level labels."""
         width = max(len(layer.levels) for layer in self.layers)

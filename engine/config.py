@@ -50,7 +50,7 @@ class ModelConfig:
     )
     path: str = option("", "hf: model directory; torchvision: weights file (.pth/.safetensors).")
     name: str = option("", "torchvision: architecture name (resnet18, resnet50, mobilenet_v2, ...).")
-    python: str = option("", "python: 'package.module:function' returning (model, data) (see docs/profiles.md).")
+    python: str = option("", "python: 'package.module:function' returning (model, calibration, heldout) (see docs/profiles.md).")
     include: list[str] = option(["*"], "Globs of prunable layer names to consider (Linear and Conv2d).")
     exclude: list[str] = option([], "Globs of layer names never pruned (e.g. 'pooler.*').")
 

@@ -73,6 +73,8 @@ def _validate(times: np.ndarray, costs: np.ndarray, budget: float, buckets: int)
 
 def discretise(times: np.ndarray, costs: np.ndarray, budget: float, buckets: int) -> np.ndarray:
     """Bucket counts tau = ceil(t / delta) (so tau * delta >= t); -1 marks an unusable choice."""
+    if not budget > 0:
+        raise InfeasibleTarget(f"the budget for the layers is {budget:.6g} s (<= 0)", math.nan)
     delta = budget / buckets
     while delta * buckets > budget:  # guard the last ulp so that B * delta <= budget
         delta = np.nextafter(delta, 0.0)

@@ -116,3 +116,11 @@ def test_bad_inputs():
         dp.solve(np.full((2, 2), np.nan), np.ones((2, 2)), 1.0)
     with pytest.raises(dp.InfeasibleTarget):
         dp.solve(np.ones((2, 2)), np.ones((2, 2)), -1.0)
+
+
+def test_non_positive_budget_is_infeasible_not_a_hang():
+    for budget in (0.0, -0.5):
+        with pytest.raises(dp.InfeasibleTarget):
+            dp.solve(np.ones((2, 2)), np.ones((2, 2)), budget)
+        with pytest.raises(dp.InfeasibleTarget):
+            dp.solve_numpy(np.ones((2, 2)), np.ones((2, 2)), budget)

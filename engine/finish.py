@@ -128,7 +128,8 @@ def stage_export(run: Run) -> None:
     export.write_recipe(run.run_dir, result["layers"])
     export.write_torchao_config(run.run_dir, result["layers"])
     if run.profile.export.weights:
-        export.write_pruned_weights(run.run_dir, _final_model(run), {"allocation": json.dumps(result["layers"])})
+        allocation = {row["name"]: row["level"] for row in result["layers"]}
+        export.write_pruned_weights(run.run_dir, _final_model(run), {"allocation": allocation})
     evaluations = [
         (event["n"], event["loss"], event["best"]) for event in read_events(run.run_dir / "events.jsonl") if event["type"] == "eval"
     ]

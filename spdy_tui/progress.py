@@ -29,7 +29,7 @@ class StderrProgress:
     def __call__(self, event: dict) -> None:
         kind = event["type"]
         if kind == "stage":
-            self.console.print(f"[{event['state']}] {event['name']}")
+            self.console.print(f"stage {event['name']}: {event['state']}", markup=False)
         elif kind == "timing":
             self._bar("timing", event["done"], event["total"], f"timing {event['layer']}")
         elif kind == "db":
@@ -42,7 +42,7 @@ class StderrProgress:
         elif kind == "verify":
             self.console.print(f"verify: predicted {event['predicted']:.3f}x, measured {event['measured']:.3f}x")
         elif kind == "error":
-            self.console.print(f"error: {event['message']}")
+            self.console.print(f"error: {event['message']}", markup=False)
         elif kind == "run_finished":
             self.close()
 

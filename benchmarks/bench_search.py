@@ -1,0 +1,103 @@
+"""Search evaluations per second: fast evaluation on versus off, and 1 versus 2 workers.
+
+    .venv/bin/python benchmarks/bench_search.py RUN_DIR [--inits 20] [--window 10]
+
+RUN_DIR is a run directory whose timings and database are built (e.g. by `spdy db PROFILE`).
+Each variant runs the same shortened search (same seed) from scratch; the final allocation must
+be identical across variants (asserted), so only the speed differs.  Variants run one after the
+other in this process (workers in child processes), in the order given, then again in reverse,
+and the two timings are averaged to cancel slow drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "plain (no abandon, no reuse)": dict(early_abandon=False, reuse_activations=False, workers=1),
+    "early abandon": dict(early_abandon=True, reuse_activations=False, workers=1),
+    "activation reuse": dict(early_abandon=False, reuse_activations=True, workers=1),
+    "fast (abandon + reuse)": dict(early_abandon=True, reuse_activations=True, workers=1),
+    "fast, 2 workers": dict(early_abandon=True, reuse_activations=True, workers=2),
+}
+
+
+def run_variant(run_dir: Path, flags: dict, inits: int, window: int):
+    from engine.config import load_profile
+    from engine.pipeline import Run
+    from engine.search import Search, SearchSettings
+    from engine.stages import load_database, load_timings, problem, scorer_for
+
+    profile = load_profile(run_dir / "profile.toml")
+    search = dataclasses.replace(profile.search, **flags)
+    profile = dataclasses.replace(profile, search=search)
+    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
+    load_timings(run)
+    load_database(run)
+    the_problem = problem(run)
+    settings = SearchSettings(inits, window, search.layer_fraction, search.buckets, batch=search.workers, seed=profile.run.seed)
+    if search.workers > 1:  # workers read profile.toml themselves, so hand them the flags too
+        scorer = _pooled_with_flags(run_dir, flags, search.workers, profile.hardware.threads)
+    else:
+        scorer = scorer_for(run)
+    started = time.perf_counter()
+    result = Search(the_problem, scorer, settings).run()
+    seconds = time.perf_counter() - started
+    if hasattr(scorer, "close"):
+        scorer.close()
+    return result, seconds
+
+
+def _pooled_with_flags(run_dir: Path, flags: dict, workers: int, threads: int):
+    from engine.pool import PooledScorer
+
+    return PooledScorer(_build_with_flags, (str(run_dir), flags), workers, max(1, threads // workers))
+
+
+def _build_with_flags(run_dir: str, flags: dict):
+    from engine.config import load_profile
+    from engine.pipeline import Run
+    from engine.stages import load_database, scorer_for
+
+    profile = load_profile(Path(run_dir) / "profile.toml")
+    profile = dataclasses.replace(profile, search=dataclasses.replace(profile.search, **flags))
+    run = Run(profile, Path(run_dir), log=None)  # type: ignore[arg-type]
+    load_database(run)
+    return scorer_for(run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--inits", type=int, default=20)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = parser.parse_args()
+    order = [name for name in VARIANTS if name in args.variants]
+    timings: dict[str, list[float]] = {name: [] for name in order}
+    results = {}
+    for sweep in (order, list(reversed(order))):
+        for name in sweep:
+            result, seconds = run_variant(args.run_dir, VARIANTS[name], args.inits, args.window)
+            timings[name].append(seconds)
+            results[name] = result
+            print(f"  {name}: {result.evaluations} evaluations in {seconds:.1f} s", flush=True)
+    reference = results[order[0]]
+    for name in order:
+        assert results[name].allocation.levels == reference.allocation.levels, f"{name} changed the final allocation"
+        assert results[name].evaluations == reference.evaluations
+    base = reference.evaluations / (sum(timings[order[0]]) / 2)
+    print(f"\n{args.run_dir}: {reference.evaluations} evaluations per variant (inits {args.inits}, window {args.window}), "
+          "identical final allocation in every variant\n")
+    print("| variant | evaluations / s | vs plain | seconds (two sweeps) |")
+    print("|---|---|---|---|")
+    for name in order:
+        rate = reference.evaluations / (sum(timings[name]) / 2)
+        print(f"| {name} | {rate:.2f} | {rate / base:.2f}x | {', '.join(f'{s:.1f}' for s in timings[name])} |")
+
+
+if __name__ == "__main__":
+    main()

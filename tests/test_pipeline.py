@@ -1,0 +1,121 @@
+"""`spdy run` end to end on the digits CNN (real model, real database, real verify)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.events import read_events
+from engine.grid import geometric_levels
+from engine.timing.table import LayerTimes, TimingTable, save_table
+from spdy_tui.cli import Exit, app
+
+LAYERS = {"conv1": 0.002, "conv2": 0.020, "conv3": 0.010, "fc": 0.001}  # dense seconds (fixture)
+LEVELS = geometric_levels(0.4, 0.99, 5)
+
+
+def fixture_table(path: Path) -> None:
+    """A timing table where a layer at sparsity s takes (1 - 0.9 s) of its dense time."""
+    rows = [
+        LayerTimes(name, tuple(LEVELS), tuple(dense * (1 - 0.9 * float(level)) for level in LEVELS))
+        for name, dense in LAYERS.items()
+    ]
+    save_table(TimingTable(base=0.040, prunable=sum(LAYERS.values()), layers=rows, backend="fixture"), path)
+
+
+def write_profile(tmp_path: Path, target: float = 1.5, extra: str = "") -> Path:
+    fixture_table(tmp_path / "timings-fixture.json")
+    profile = tmp_path / "digits.toml"
+    profile.write_text(f"""
+[run]
+name = "digits-test"
+seed = 0
+[model]
+kind = "digits"
+[data]
+source = "digits"
+calibration_samples = 128
+heldout_samples = 256
+batch_size = 64
+[hardware]
+timings = "timings-fixture.json"
+batch_size = 64
+warmup = 1
+repeats = 3
+[grid]
+steps = 5
+[search]
+target = {target}
+random_inits = 8
+window = 6
+{extra}
+""")
+    return profile
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_run_produces_every_product(tmp_path):
+    profile = write_profile(tmp_path)
+    out = tmp_path / "run"
+    result = run_cli("run", profile, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["predicted_speedup"] >= 1.5 and data["measured_speedup"] > 0
+    assert [row["name"] for row in data["layers"]] == list(LAYERS)
+    for name in ("profile.toml", "events.jsonl", "timings.json", "db/index.json", "result.json", "profile.txt",
+                 "recipe.yaml", "torchao_config.json", "pruned.safetensors", "report.md", "loss_curve.png"):
+        assert (out / name).exists(), name
+    events = list(read_events(out / "events.jsonl"))
+    types = {event["type"] for event in events}
+    assert {"run_started", "stage", "db", "eval", "best", "baseline", "verify", "run_finished"} <= types
+    assert set(data["baselines"]) == {"uniform", "global-magnitude", "prior", "squared-error"}
+    inspect = run_cli("inspect", out)
+    assert inspect.exit_code == 0 and "best allocation" in inspect.stdout
+
+    again = run_cli("run", profile, "--out", out)
+    assert again.exit_code == Exit.BAD_INPUT and "--resume" in again.output
+    resumed = run_cli("run", profile, "--out", out, "--resume", "--json")
+    assert resumed.exit_code == 0 and json.loads(resumed.stdout)["layers"] == data["layers"]
+    skipped = [e["name"] for e in read_events(out / "events.jsonl") if e["type"] == "stage" and e["state"] == "skipped"]
+    assert {"timings", "database", "search", "baselines", "final", "verify", "export"} <= set(skipped)
+
+
+def test_infeasible_target_exits_3(tmp_path):
+    profile = write_profile(tmp_path, target=5.0)
+    result = run_cli("run", profile, "--out", tmp_path / "run")
+    assert result.exit_code == Exit.INFEASIBLE and "maximum achievable speedup" in result.output
+
+
+def test_killed_search_resumes_to_the_same_allocation(tmp_path):
+    profile = write_profile(tmp_path)
+    reference = tmp_path / "reference"
+    assert run_cli("run", profile, "--out", reference, "--json").exit_code == 0
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "spdy_tui.cli", "run", str(profile), "--out", str(killed)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        log = killed / "events.jsonl"
+        if log.exists() and sum(e["type"] == "eval" for e in read_events(log)) >= 10:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    evaluated = sum(e["type"] == "eval" for e in read_events(killed / "events.jsonl"))
+    resumed = run_cli("run", profile, "--out", killed, "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    expected = json.loads((reference / "result.json").read_text())
+    got = json.loads(resumed.stdout)
+    assert got["layers"] == expected["layers"] and got["evaluations"] == expected["evaluations"]
+    ns = [e["n"] for e in read_events(killed / "events.jsonl") if e["type"] == "eval"]
+    assert ns == sorted(set(ns)) and len(ns) == expected["evaluations"] >= evaluated  # nothing scored twice in the log

@@ -35,16 +35,13 @@ def done_final(run: Run) -> bool:
 
 
 def stage_final(run: Run) -> None:
-    from engine.database import Stitcher
-
     loaded, data = model_and_data(run)
     levels = run.state["search"]["levels"]
     scorer = scorer_for(run)
     calibration = scorer.loss(levels)
+    scorer.stitcher.apply(dict(zip(loaded.layer_names, levels)))
+    final = copy.deepcopy(loaded.model)
     scorer.stitcher.restore()
-    with Stitcher(loaded.model, loaded.layer_names, run.state["db"]) as stitcher:
-        stitcher.apply(dict(zip(loaded.layer_names, levels)))
-        final = copy.deepcopy(loaded.model)
     export = run.profile.export
     if export.gap:
         from engine.gap import global_adaprune

@@ -29,6 +29,19 @@ def model_and_data(run: Run):
     return run.state["loaded"], run.state["data"]
 
 
+def stitcher(run: Run):
+    """The run's one Stitcher, created while the model is still dense.
+
+    Every stitching in the main process goes through it, so no second stitcher ever mistakes
+    another's stitched weights for the dense ones; callers ``restore()`` when they are done."""
+    if "stitcher" not in run.state:
+        from engine.database import Stitcher
+
+        loaded, _ = model_and_data(run)
+        run.state["stitcher"] = Stitcher(loaded.model, loaded.layer_names, run.state["db"])
+    return run.state["stitcher"]
+
+
 def timing_inputs(run: Run):
     """``hardware.batch_size`` real calibration samples: the batch the speedup is promised for.
 
@@ -152,15 +165,15 @@ def problem(run: Run):
 
 
 def scorer_for(run: Run):
-    from engine.database import Stitcher
     from engine.losses import loss_function
     from engine.scoring import ModelScorer
 
     loaded, data = model_and_data(run)
     search = run.profile.search
     loss_fn = loss_function(search.loss, loaded.kind, data.has_labels)
-    stitcher = Stitcher(loaded.model, loaded.layer_names, run.state["db"])
-    return ModelScorer(loaded, data.calibration, loss_fn, stitcher, loaded.layer_names, search.early_abandon, search.reuse_activations)
+    return ModelScorer(
+        loaded, data.calibration, loss_fn, stitcher(run), loaded.layer_names, search.early_abandon, search.reuse_activations
+    )
 
 
 def done_search(run: Run) -> bool:
@@ -206,6 +219,8 @@ def stage_search(run: Run) -> None:
     finally:
         if hasattr(scorer, "close"):
             scorer.close()
+        else:
+            scorer.stitcher.restore()
     record = {
         "coefficients": result.coefficients.tolist(),
         "levels": result.allocation.levels,
@@ -269,12 +284,13 @@ def load_baselines(run: Run) -> None:
 def heldout_metric(run: Run, levels: list[str], model=None) -> float:
     """The held-out metric of the model at ``levels`` (or of ``model``): mean cosine similarity to
     the dense embeddings for encoders, top-1 accuracy (or agreement with dense) for classifiers."""
-    from engine.database import Stitcher
     from engine.losses import heldout_metrics
 
     loaded, data = model_and_data(run)
     if not data.heldout:
         return float("nan")
+    shared = stitcher(run)
+    shared.restore()
 
     def outputs(candidate):
         with torch.no_grad():
@@ -284,9 +300,9 @@ def heldout_metric(run: Run, levels: list[str], model=None) -> float:
         run.state["heldout_dense"] = outputs(loaded.model)
     labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
     if model is None:
-        with Stitcher(loaded.model, loaded.layer_names, run.state["db"]) as stitcher:
-            stitcher.apply(dict(zip(loaded.layer_names, levels)))
-            candidate = outputs(loaded.model)
+        shared.apply(dict(zip(loaded.layer_names, levels)))
+        candidate = outputs(loaded.model)
+        shared.restore()
     else:
         candidate = outputs(model)
     metrics = heldout_metrics(loaded.kind, candidate, run.state["heldout_dense"], labels)

@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11, pip, network to PyPI):
 #   make run    set up .venv, then run the main job on the shipped default profile
 #   make test   set up .venv, then run the test suite (what CI runs)
+#   make demo   the small digits CNN profile (minutes)
 PYTHON ?= python3
 VENV := .venv
 PROFILE ?= profiles/minilm-cpu.toml
@@ -11,12 +12,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: setup run test test-all bench
+.PHONY: setup run demo test test-all bench
 setup: $(VENV)/.installed
 
+# A finished run is not redone: `make run` again resumes (and skips) what is on disk.
 run: setup
-	$(VENV)/bin/spdy check $(PROFILE)
-	$(VENV)/bin/spdy solve --timings tests/data/spdy_timings/rn50_unstr.txt --target 2 --skip conv1 --skip fc
+	$(VENV)/bin/spdy run $(PROFILE) $(if $(wildcard runs/$(basename $(notdir $(PROFILE)))/events.jsonl),--resume)
+
+demo:
+	$(MAKE) run PROFILE=profiles/digits-cpu.toml
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -120,10 +120,17 @@ def stage_timings(run: Run) -> None:
         table = profile_cuda24(loaded, timing_inputs(run), _timed_layers(run), hardware, run.log)
     save_table(table, run.run_dir / "timings.json")
     run.state["table"] = table
+    check_target(run)
 
 
 def load_timings(run: Run) -> None:
     run.state["table"] = load_table(run.run_dir / "timings.json")
+    check_target(run)
+
+
+def check_target(run: Run) -> None:
+    """Fail before the (long) database build if the measured table cannot meet the target."""
+    problem(run).solve(None, run.profile.search.buckets)
 
 
 # ---------------------------------------------------------------------------- database

@@ -66,13 +66,13 @@ def open_run(profile_path: str | Path, out: str | Path | None = None, resume: bo
     return Run(profile, run_dir, log)
 
 
-def execute(run: Run, stop_after: str | None = None) -> dict:
-    """Run every stage in order (skipping finished ones); returns result.json's content."""
+def execute(run: Run, only: tuple[str, ...] = STAGES) -> dict:
+    """Run the ``only`` stages (all by default) in order, skipping finished ones; returns result.json's content."""
     from engine import finish, stages
 
     status = "failed"
     try:
-        for name in STAGES:
+        for name in (stage for stage in STAGES if stage in only):
             module = stages if hasattr(stages, f"stage_{name}") else finish
             step = getattr(module, f"stage_{name}")
             if getattr(module, f"done_{name}")(run):
@@ -82,8 +82,6 @@ def execute(run: Run, stop_after: str | None = None) -> dict:
                 run.log.emit("stage", name=name, state="started")
                 step(run)
                 run.log.emit("stage", name=name, state="done")
-            if name == stop_after:
-                break
         status = "ok"
         return json.loads((run.run_dir / "result.json").read_text()) if (run.run_dir / "result.json").exists() else {}
     except KeyboardInterrupt:

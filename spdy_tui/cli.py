@@ -160,7 +160,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, stop_after: Optional[str]) -> dict:
+def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, only: Optional[tuple[str, ...]] = None) -> dict:
     from engine.dp import InfeasibleTarget
     from engine.pipeline import execute, open_run
 
@@ -170,7 +170,7 @@ def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, stop_after
     try:
         run = open_run(profile, run_dir, resume, listener=listener)
         err.print(f"run directory: {run.run_dir}")
-        return execute(run, stop_after=stop_after)
+        return execute(run, only) if only else execute(run)
     except InfeasibleTarget as exc:
         raise fail(str(exc), Exit.INFEASIBLE) from None
     except _user_errors() as exc:
@@ -191,7 +191,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print result.json on stdout."),
 ) -> None:
     """Run everything: timings, database, search, baselines, final model, verify, export."""
-    result = _run_stages(profile, out_dir, resume, None)
+    result = _run_stages(profile, out_dir, resume)
     if as_json:
         print(json.dumps(result, indent=1))
     elif result:
@@ -213,7 +213,7 @@ def timings(
     """Measure every prunable layer at every level on this machine (writes timings.json)."""
     if fmt not in ("json", "spdy-txt"):
         raise fail(f"--format must be json or spdy-txt, got {fmt!r}")
-    _run_stages(profile, out_dir, resume, "timings")
+    _run_stages(profile, out_dir, resume, ("timings",))
     if fmt == "spdy-txt":
         from engine.config import load_profile
         from engine.timing.table import load_table, save_table
@@ -226,8 +226,8 @@ def timings(
 
 @app.command()
 def db(profile: Path = typer.Argument(..., help="TOML profile."), out_dir: Optional[Path] = OUT_OPTION, resume: bool = RESUME_OPTION) -> None:
-    """Build the database of pruned, reconstructed weights (after the timings)."""
-    _run_stages(profile, out_dir, resume, "database")
+    """Build the database of pruned, reconstructed weights (db/ in the run directory)."""
+    _run_stages(profile, out_dir, resume, ("database",))
 
 
 @app.command()

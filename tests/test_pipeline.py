@@ -119,3 +119,14 @@ def test_killed_search_resumes_to_the_same_allocation(tmp_path):
     assert got["layers"] == expected["layers"] and got["evaluations"] == expected["evaluations"]
     ns = [e["n"] for e in read_events(killed / "events.jsonl") if e["type"] == "eval"]
     assert ns == sorted(set(ns)) and len(ns) == expected["evaluations"] >= evaluated  # nothing scored twice in the log
+
+
+def test_db_command_builds_only_the_database_with_progress_events(tmp_path):
+    profile = write_profile(tmp_path)
+    out = tmp_path / "run"
+    result = run_cli("db", profile, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "db" / "index.json").exists() and not (out / "timings.json").exists()
+    db_events = [e for e in read_events(out / "events.jsonl") if e["type"] == "db"]
+    assert db_events[-1]["done"] == db_events[-1]["total"] == len(LAYERS) * len(LEVELS)
+    assert {"layer", "level", "error", "done", "total"} <= set(db_events[0])

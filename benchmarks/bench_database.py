@@ -1,7 +1,7 @@
 """Database build time and mean relative layer output error per method, MiniLM on this CPU.
 
     .venv/bin/python benchmarks/bench_database.py [--methods magnitude obs adaprune] [--adaprune-blocks 1]
-                                                  [--samples 256] [--seq-len 128] [--out docs/benchmarks.md]
+                                                  [--samples 256] [--seq-len 128] [--out docs/bench_database.md (a fragment; fold it into docs/benchmarks.md)]
 
 The default profile's model, data source and database settings (profiles/minilm-cpu.toml: 36
 encoder Linear layers, 42 levels, stdlib-docstring sentences), with the calibration size set

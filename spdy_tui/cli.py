@@ -227,7 +227,14 @@ def timings(
 @app.command()
 def db(profile: Path = typer.Argument(..., help="TOML profile."), out_dir: Optional[Path] = OUT_OPTION, resume: bool = RESUME_OPTION) -> None:
     """Build the database of pruned, reconstructed weights (db/ in the run directory)."""
+    from engine.config import load_profile
+    from engine.database import Database
+
     _run_stages(profile, out_dir, resume, ("database",))
+    resolved = load_profile(profile)
+    directory = (out_dir or Path(resolved.run.out_dir) / resolved.run.name) / "db"
+    database = Database.open(directory)
+    err.print(f"database {directory}: {len(database.layers())} layers, {database.disk_bytes() / 2**20:.1f} MiB on disk")
 
 
 @app.command()

@@ -127,6 +127,7 @@ def test_db_command_builds_only_the_database_with_progress_events(tmp_path):
     result = run_cli("db", profile, "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / "db" / "index.json").exists() and not (out / "timings.json").exists()
+    assert "MiB on disk" in result.output
     db_events = [e for e in read_events(out / "events.jsonl") if e["type"] == "db"]
     assert db_events[-1]["done"] == db_events[-1]["total"] == len(LAYERS) * len(LEVELS)
     assert {"layer", "level", "error", "done", "total"} <= set(db_events[0])

@@ -132,10 +132,10 @@ def measure_row(n_in: int, n_out: int, sparsity: float, args: argparse.Namespace
         expected = layer(x)
         for name in ("oneDNN", "Numba CSR", "torch CSR"):
             assert torch.allclose(variants[name](), expected, rtol=1e-4, atol=1e-4), name
-        attempts = []
+        attempts, waited = [], 0.0
         for _ in range(args.retries + 1):
             load = ForeignLoad()
-            load.wait_until_below(args.max_foreign, args.wait_quiet)
+            waited += load.wait_until_below(args.max_foreign, args.wait_quiet)
             load.start()
             stats = time_interleaved(variants, warmup=args.warmup, repeats=args.repeats)
             attempts.append((load.share(), stats))
@@ -148,6 +148,7 @@ def measure_row(n_in: int, n_out: int, sparsity: float, args: argparse.Namespace
         "sparsity": sparsity,
         "foreign_load": foreign,
         "attempts": len(attempts),
+        "waited_for_quiet_s": waited,
         "noisy": foreign > args.max_foreign or not all(s.stable for s in stats.values()),
         "best_dense": best_dense,
         "stats": {name: s.to_json() for name, s in stats.items()},
@@ -208,7 +209,7 @@ def main() -> None:
     print(markdown(rows))
     if args.json:
         record = {
-            "command": " ".join([Path(sys.executable).name] + sys.argv),
+            "command": " ".join(sys.orig_argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "tokens": args.tokens,
             "threads": args.threads,

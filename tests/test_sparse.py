@@ -1,5 +1,7 @@
 """Sparse kernels and modules compute exactly what the dense layer with the same zeros computes."""
 
+import copy
+
 import numba
 import numpy as np
 import pytest
@@ -281,3 +283,19 @@ def test_densify_fast_swaps_linears_for_onednn():
         assert all(isinstance(model.get_submodule(name), OneDNNLinear) for name in names)
         assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-4)
         assert torch.allclose(model[0].query(x[0, 0]), model[0].query(x[:1, :1])[0, 0], **TOLERANCE)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="no oneDNN in this torch build")
+def test_swapped_modules_survive_deepcopy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3), nn.Conv2d(3, 2, 1)).eval()
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        densify_fast(model, ["0"])
+        sparsify_module(model, ["1"], backend="numba")
+        sparsify_module(model, ["2", "3"], backend="torch-csr")
+        clone = copy.deepcopy(model)
+        assert [type(m) for m in clone] == [type(m) for m in model] and clone[1] is not model[1]
+        hidden = clone[:3](x)
+        assert torch.equal(hidden, model[:3](x))
+        assert torch.equal(clone[3](hidden[:, :, None, None]), model[3](hidden[:, :, None, None]))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.sparse.modules import replace_submodule
+from engine.sparse.modules import SharesOpaqueTensors, replace_submodule
 from engine.timing.measure import time_interleaved
 
 LinearPath = Callable[[torch.Tensor], torch.Tensor]
@@ -52,8 +52,10 @@ def _flattened(path: Callable[[torch.Tensor], torch.Tensor], in_features: int) -
     return run
 
 
-class OneDNNLinear(nn.Module):
+class OneDNNLinear(SharesOpaqueTensors, nn.Module):
     """Drop-in inference replacement of ``nn.Linear`` on oneDNN's GEMM (weight packed once)."""
+
+    opaque_tensors = ("packed_weight",)
 
     def __init__(self, linear: nn.Linear, batch_size: int | None = None):
         super().__init__()

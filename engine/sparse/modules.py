@@ -19,6 +19,7 @@ transposed and the result transposed back, both counted).
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -47,8 +48,27 @@ def _bias_vector(bias: torch.Tensor | None, rows: int) -> torch.Tensor:
     return bias.detach().float().contiguous().clone()
 
 
-class SparseLinear(nn.Module):
+class SharesOpaqueTensors:
+    """``copy.deepcopy`` support for modules holding tensors torch cannot deep-copy (mkldnn, sparse
+    CSR): the copy shares them, which is safe because these modules never modify them."""
+
+    opaque_tensors: tuple[str, ...] = ()
+
+    def __deepcopy__(self, memo: dict) -> SharesOpaqueTensors:
+        for name in self.opaque_tensors:
+            tensor = getattr(self, name, None)
+            if tensor is not None:
+                memo[id(tensor)] = tensor
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+
+class SparseLinear(SharesOpaqueTensors, nn.Module):
     """``y = x @ W^T + b`` with W kept as its non-zeros; float32 in and out, CPU, no autograd."""
+
+    opaque_tensors = ("weight_csr",)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str = "numba"):
         super().__init__()
@@ -89,8 +109,10 @@ class SparseLinear(nn.Module):
         )
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(SharesOpaqueTensors, nn.Module):
     """``conv2d(x, W, b)`` (groups = 1, zero padding) as a sparse product over im2col columns."""
+
+    opaque_tensors = ("weight_csr",)
 
     def __init__(self, conv: nn.Conv2d, backend: str = "numba"):
         super().__init__()

@@ -48,7 +48,7 @@ def stage_final(run: Run) -> None:
 
         global_adaprune(
             loaded.model, final, loaded.layer_names, [batch.inputs for batch in data.calibration],
-            lambda model, inputs: loaded.forward(model, inputs) if loaded.forward else model(inputs),
+            loaded.run_model,
             passes=export.gap_passes, lr=export.gap_lr,
         )
     state = {name: tensor.detach().contiguous().clone() for name, tensor in final.state_dict().items()}

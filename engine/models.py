@@ -64,9 +64,11 @@ class LoadedModel:
     forward: Callable[[nn.Module, Any], torch.Tensor] | None = None  # default: model(inputs)
 
     def run(self, inputs: Any) -> torch.Tensor:
-        if self.forward is not None:
-            return self.forward(self.model, inputs)
-        return self.model(inputs)
+        return self.run_model(self.model, inputs)
+
+    def run_model(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The losses' output of ``model`` (this one, a copy, or a pruned variant) on ``inputs``."""
+        return self.forward(model, inputs) if self.forward is not None else model(inputs)
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

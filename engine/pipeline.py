@@ -16,7 +16,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from engine import atomic
 from engine.config import Profile, ProfileError, load_profile, to_toml
@@ -36,10 +35,6 @@ class Run:
     log: EventLog
     started: float = field(default_factory=time.time)
     state: dict = field(default_factory=dict)  # what earlier stages hand to later ones
-
-    @property
-    def path(self) -> Callable[[str], Path]:
-        return lambda name: self.run_dir / name
 
 
 def open_run(profile_path: str | Path, out: str | Path | None = None, resume: bool = False, listener=None) -> Run:

@@ -81,7 +81,6 @@ def done_timings(run: Run) -> bool:
     from engine.environment import describe_environment
     from engine.timing.cpu import timing_fingerprint
 
-    loaded, _ = model_and_data(run)
     shapes = {layer.name: list(layer.input_shape) for layer in _timed_layers(run)}
     expected = timing_fingerprint(describe_environment(), run.profile.hardware, shapes, run.profile.levels())
     return table.environment.get("fingerprint") == expected
@@ -301,7 +300,7 @@ def heldout_metric(run: Run, levels: list[str], model=None) -> float:
 
     def outputs(candidate):
         with torch.no_grad():
-            return torch.cat([_forward(loaded, candidate, batch.inputs) for batch in data.heldout])
+            return torch.cat([loaded.run_model(candidate, batch.inputs) for batch in data.heldout])
 
     if "heldout_dense" not in run.state:
         run.state["heldout_dense"] = outputs(loaded.model)
@@ -314,7 +313,3 @@ def heldout_metric(run: Run, levels: list[str], model=None) -> float:
         candidate = outputs(model)
     metrics = heldout_metrics(loaded.kind, candidate, run.state["heldout_dense"], labels)
     return metrics.get("cosine", metrics.get("accuracy", metrics.get("agreement")))
-
-
-def _forward(loaded, model, inputs):
-    return loaded.forward(model, inputs) if loaded.forward is not None else model(inputs)

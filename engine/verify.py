@@ -40,7 +40,7 @@ def build_sparse_model(final: nn.Module, levels: dict[str, str], dense_baseline:
 
 def _run(loaded, model: nn.Module, inputs: Any) -> torch.Tensor:
     with torch.no_grad():
-        return loaded.forward(model, inputs) if loaded.forward is not None else model(inputs)
+        return loaded.run_model(model, inputs)
 
 
 def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table, hardware, predicted: float) -> dict:

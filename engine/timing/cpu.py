@@ -93,7 +93,7 @@ def choose_dense_path(loaded, example_inputs, names: list[str], hardware) -> tup
 
 def _forward(loaded, model: nn.Module, inputs: Any):
     with torch.no_grad():
-        return loaded.forward(model, inputs) if loaded.forward is not None else model(inputs)
+        return loaded.run_model(model, inputs)
 
 
 def profile_cpu(loaded, example_inputs: Any, layers: list, levels: list[str], hardware, on_progress: Progress | None = None) -> TimingTable:

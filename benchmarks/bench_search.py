@@ -16,13 +16,25 @@ import dataclasses
 import time
 from pathlib import Path
 
+# Search flags, plus "trim_padding" (a [data] key: padded text batches regrouped by length and cut
+# to their longest sample; the same losses up to float rounding, so its trajectory is compared
+# separately from the exact variants).
 VARIANTS = {
-    "plain (no abandon, no reuse)": dict(early_abandon=False, reuse_activations=False, workers=1),
-    "early abandon": dict(early_abandon=True, reuse_activations=False, workers=1),
-    "activation reuse": dict(early_abandon=False, reuse_activations=True, workers=1),
-    "fast (abandon + reuse)": dict(early_abandon=True, reuse_activations=True, workers=1),
-    "fast, 2 workers": dict(early_abandon=True, reuse_activations=True, workers=2),
+    "plain (padded, no abandon, no reuse)": dict(trim_padding=False, early_abandon=False, reuse_activations=False, workers=1),
+    "early abandon": dict(trim_padding=False, early_abandon=True, reuse_activations=False, workers=1),
+    "activation reuse": dict(trim_padding=False, early_abandon=False, reuse_activations=True, workers=1),
+    "abandon + reuse": dict(trim_padding=False, early_abandon=True, reuse_activations=True, workers=1),
+    "trimmed padding only": dict(trim_padding=True, early_abandon=False, reuse_activations=False, workers=1),
+    "fast (trim + abandon + reuse)": dict(trim_padding=True, early_abandon=True, reuse_activations=True, workers=1),
+    "fast, 2 workers": dict(trim_padding=True, early_abandon=True, reuse_activations=True, workers=2),
 }
+
+
+def with_flags(profile, flags: dict):
+    """``profile`` with the variant's [search] flags and its [data] trim_padding."""
+    search = {key: value for key, value in flags.items() if key != "trim_padding"}
+    data = dataclasses.replace(profile.data, trim_padding=flags.get("trim_padding", profile.data.trim_padding))
+    return dataclasses.replace(profile, search=dataclasses.replace(profile.search, **search), data=data)
 
 
 def run_variant(run_dir: Path, flags: dict, inits: int, window: int):
@@ -31,9 +43,8 @@ def run_variant(run_dir: Path, flags: dict, inits: int, window: int):
     from engine.search import Search, SearchSettings
     from engine.stages import load_database, load_timings, problem, scorer_for
 
-    profile = load_profile(run_dir / "profile.toml")
-    search = dataclasses.replace(profile.search, **flags)
-    profile = dataclasses.replace(profile, search=search)
+    profile = with_flags(load_profile(run_dir / "profile.toml"), flags)
+    search = profile.search
     run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
     load_timings(run)
     load_database(run)
@@ -62,8 +73,7 @@ def _build_with_flags(run_dir: str, flags: dict):
     from engine.pipeline import Run
     from engine.stages import load_database, scorer_for
 
-    profile = load_profile(Path(run_dir) / "profile.toml")
-    profile = dataclasses.replace(profile, search=dataclasses.replace(profile.search, **flags))
+    profile = with_flags(load_profile(Path(run_dir) / "profile.toml"), flags)
     run = Run(profile, Path(run_dir), log=None)  # type: ignore[arg-type]
     load_database(run)
     return scorer_for(run)
@@ -85,18 +95,20 @@ def main() -> None:
             timings[name].append(seconds)
             results[name] = result
             print(f"  {name}: {result.evaluations} evaluations in {seconds:.1f} s", flush=True)
-    reference = results[order[0]]
+    for trim in (False, True):  # abandon, reuse and workers are exact: same trajectory asserted
+        group = [name for name in order if VARIANTS[name]["trim_padding"] == trim]
+        for name in group[1:]:
+            assert results[name].allocation.levels == results[group[0]].allocation.levels, f"{name} changed the final allocation"
+            assert results[name].evaluations == results[group[0]].evaluations, f"{name} changed the evaluation count"
+    same = len({tuple(result.allocation.levels) for result in results.values()}) == 1
+    base = results[order[0]].evaluations / (sum(timings[order[0]]) / 2)
+    print(f"\n{args.run_dir}: inits {args.inits}, window {args.window}; identical final allocation within the padded and "
+          f"within the trimmed variants (asserted); trimmed vs padded: {'identical' if same else 'different'} final allocation\n")
+    print("| variant | evaluations | evaluations / s | vs plain | seconds (two sweeps) |")
+    print("|---|---|---|---|---|")
     for name in order:
-        assert results[name].allocation.levels == reference.allocation.levels, f"{name} changed the final allocation"
-        assert results[name].evaluations == reference.evaluations
-    base = reference.evaluations / (sum(timings[order[0]]) / 2)
-    print(f"\n{args.run_dir}: {reference.evaluations} evaluations per variant (inits {args.inits}, window {args.window}), "
-          "identical final allocation in every variant\n")
-    print("| variant | evaluations / s | vs plain | seconds (two sweeps) |")
-    print("|---|---|---|---|")
-    for name in order:
-        rate = reference.evaluations / (sum(timings[name]) / 2)
-        print(f"| {name} | {rate:.2f} | {rate / base:.2f}x | {', '.join(f'{s:.1f}' for s in timings[name])} |")
+        rate = results[name].evaluations / (sum(timings[name]) / 2)
+        print(f"| {name} | {results[name].evaluations} | {rate:.2f} | {rate / base:.2f}x | {', '.join(f'{s:.1f}' for s in timings[name])} |")
 
 
 if __name__ == "__main__":

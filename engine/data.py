@@ -169,6 +169,33 @@ def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: s
     return Data(encode(calibration), encode(heldout))
 
 
+def trimmed_by_length(batches: list[Batch]) -> list[Batch]:
+    """The same text samples regrouped shortest first, each batch cut to its longest sample.
+
+    With padding on the right and the attention mask excluding padded keys (and the mean pooling
+    excluding padded tokens), a real token's output does not depend on how much padding follows,
+    so every sample's output, and with it a per-sample loss, is unchanged up to float rounding.
+    Batch sizes are kept in order, so with equal batch sizes the mean of per-batch means is still
+    the mean over all samples.  Short batches come first, which also lets early abandon stop a
+    hopeless candidate after the cheapest work.  Inputs without an ``attention_mask`` are returned
+    as they are.
+    """
+    if not batches or not isinstance(batches[0].inputs, dict) or "attention_mask" not in batches[0].inputs:
+        return batches
+    inputs = {key: torch.cat([batch.inputs[key] for batch in batches]) for key in batches[0].inputs}
+    labels = None if batches[0].labels is None else torch.cat([batch.labels for batch in batches])
+    lengths = inputs["attention_mask"].sum(dim=1)
+    order = sorted(range(len(lengths)), key=lambda i: (int(lengths[i]), i))
+    regrouped, start = [], 0
+    for batch in batches:
+        index = order[start : start + len(batch)]
+        start += len(batch)
+        longest = max(int(lengths[i]) for i in index)
+        chunk = {key: value[:, :longest].contiguous() for key, value in _select(inputs, index).items()}
+        regrouped.append(Batch(chunk, None if labels is None else _select(labels, index)))
+    return regrouped
+
+
 # ---------------------------------------------------------------------------- images and tensors
 DIGITS_CALIBRATION = 285
 DIGITS_HELDOUT = 512

@@ -171,14 +171,16 @@ def problem(run: Run):
 
 
 def scorer_for(run: Run):
+    from engine.data import trimmed_by_length
     from engine.losses import loss_function
     from engine.scoring import ModelScorer
 
     loaded, data = model_and_data(run)
     search = run.profile.search
     loss_fn = loss_function(search.loss, loaded.kind, data.has_labels)
+    batches = trimmed_by_length(data.calibration) if run.profile.data.trim_padding else data.calibration
     return ModelScorer(
-        loaded, data.calibration, loss_fn, stitcher(run), loaded.layer_names, search.early_abandon, search.reuse_activations
+        loaded, batches, loss_fn, stitcher(run), loaded.layer_names, search.early_abandon, search.reuse_activations
     )
 
 

@@ -101,3 +101,32 @@ def test_reference_recomputed_when_accepting_an_unscored_allocation(minilm):
     candidate[30] = "0.5000"
     (fast,) = scorer.score([candidate], math.inf)
     assert fast == scorer.loss(candidate)
+
+
+def test_trimmed_batches_give_the_same_per_sample_outputs(minilm):
+    from engine.data import Batch, trimmed_by_length
+
+    loaded, batches = minilm
+    padded = [Batch(batch.inputs) for batch in batches]
+    trimmed = trimmed_by_length(padded)
+    assert [len(batch) for batch in trimmed] == [4, 4]
+    lengths = [batch.inputs["attention_mask"].sum(1) for batch in trimmed]
+    # Shortest first, and every batch is cut to exactly its longest sample.
+    assert lengths[0].max() <= lengths[1].min()
+    assert [batch.inputs["input_ids"].shape[1] for batch in trimmed] == [int(length.max()) for length in lengths]
+    assert max(int(length.max()) for length in lengths) < 24
+    with torch.no_grad():
+        full = torch.cat([loaded.run(batch.inputs) for batch in padded])
+        short = torch.cat([loaded.run(batch.inputs) for batch in trimmed])
+    ids = torch.cat([batch.inputs["input_ids"] for batch in padded])
+    for row, sample in enumerate(row_ids for batch in trimmed for row_ids in batch.inputs["input_ids"]):
+        match = [i for i in range(len(ids)) if torch.equal(ids[i, : len(sample)], sample) and ids[i, len(sample) :].eq(0).all()]
+        assert len(match) == 1
+        torch.testing.assert_close(short[row], full[match[0]], rtol=1e-5, atol=1e-5)
+
+
+def test_trimming_leaves_untokenised_inputs_alone():
+    from engine.data import Batch, trimmed_by_length
+
+    batches = [Batch(torch.ones(2, 3)), Batch(torch.zeros(2, 3))]
+    assert trimmed_by_length(batches) is batches

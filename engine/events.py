@@ -28,6 +28,10 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "verify": ("predicted", "measured", "dense_seconds", "sparse_seconds"),
     "run_finished": ("status", "wall_seconds"),
     "error": ("message",),
+    # `spdy finetune` (engine.finetune): phase started, prune, step, epoch, verify, done, interrupted
+    # or failed; epoch is the 0-based epoch the event is about (prune, step, epoch), else the
+    # number of epochs finished (started: where it starts; done, verify: all)
+    "finetune": ("phase", "epoch", "epochs"),
 }
 STAGE_STATES = ("started", "done", "skipped")
 

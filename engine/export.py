@@ -6,6 +6,7 @@ atomically (``engine.atomic``), so a killed export never leaves a half-written f
     result.json          allocation, speedups, losses, baselines (read by the TUI and `spdy inspect`)
     profile.txt          the original SPDY format, one "<level> <layer name>" line per layer
     recipe.yaml          SparseML recipe: gradual magnitude pruning to each layer's final sparsity
+                         (the schedule of engine.schedule, which `spdy finetune` runs)
     torchao_config.json  torch.ao.pruning WeightNormSparsifier config, one entry per pruned weight
     pruned.safetensors   the pruned state dict (exact zeros), loadable in plain PyTorch
     report.md            human summary, with loss_curve.png and allocation.png beside it
@@ -29,6 +30,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from engine.atomic import write_bytes, write_text
 from engine.grid import level_sparsity, parse_nm
+from engine.schedule import DEFAULT as DEFAULT_SCHEDULE
+from engine.schedule import GMPSchedule
 
 RESULT_KEYS = ("target_speedup", "predicted_speedup", "measured_speedup", "dense_baseline",
                "layers", "loss", "baselines", "seed", "evaluations")
@@ -125,44 +128,69 @@ def read_profile_txt(path: str | os.PathLike) -> dict[str, str]:
 
 # --- recipe.yaml (SparseML) ------------------------------------------------------------------
 _RECIPE_HEADER = """\
-# SparseML recipe written by spdy-tui from this run's SPDY allocation.
+# SparseML recipe written by spdy-tui from an SPDY run's allocation.
 # Gradual magnitude pruning (GMP): every listed weight goes from init_sparsity to its
-# final_sparsity between pruning_start_epoch and pruning_end_epoch on a cubic schedule;
-# the masks then stay on while training continues to num_epochs. One !GMPruningModifier
-# per distinct final sparsity; layers SPDY left dense are not listed. N:M layers use
-# mask_type "2:4" (quoted: YAML 1.1 reads a bare 2:4 as the number 124) and start at their
-# final sparsity, because SparseML's N:M mask creator accepts no other target.
-# Format: SparseML recipes, version 1.1.0 (variables + eval()); pass it as --recipe.
+# final_sparsity on the cubic schedule, s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3,
+# its masks recomputed every pruning_update_frequency epochs from the start of
+# pruning_start_epoch (t0) and set to final_sparsity at the start of pruning_end_epoch (t1);
+# leave_enabled keeps the masks on while training continues to num_epochs. One
+# !GMPruningModifier per distinct (init, final, mask type); layers SPDY left dense are not listed.
+# Layers whose final sparsity is at most init_sparsity start at it. N:M layers use mask_type
+# "2:4" (quoted: YAML 1.1 reads a bare 2:4 as the number 124) and start at their final
+# sparsity, because SparseML's N:M mask creator accepts no other target.
+# `spdy finetune` runs exactly this schedule. Format: SparseML recipes, version 1.1.0
+# (variables + eval()); params are the model's parameter names; pass it as --recipe.
 """
 
 
-def write_recipe(run_dir: str | os.PathLike, layers: Sequence[Mapping], *, init_sparsity: float = 0.05,
-                 start_epoch: float = 0.0, end_epoch: float = 10.0, num_epochs: float = 15.0,
-                 update_frequency: float = 1.0) -> Path:
-    """``recipe.yaml``: a SparseML GMP recipe reaching each pruned layer's level by ``end_epoch``."""
-    if not 0 <= start_epoch < end_epoch <= num_epochs:
-        raise ValueError("need 0 <= start_epoch < end_epoch <= num_epochs")
-    groups: dict[tuple[str, str], list[str]] = {}  # (final sparsity, mask type) -> params
+def write_recipe(run_dir: str | os.PathLike, layers: Sequence[Mapping], schedule: GMPSchedule = DEFAULT_SCHEDULE) -> Path:
+    """``recipe.yaml``: a SparseML GMP recipe reaching each pruned layer's level at ``schedule.end_epoch``.
+
+    The schedule (``engine.schedule``) is the one `spdy finetune` follows; its defaults live there."""
+    groups: dict[tuple[str, str, str], list[str]] = {}  # (init sparsity, final sparsity, mask type) -> params
     for layer in _pruned(layers):
-        name, nm = _checked_name(layer, "recipe.yaml"), parse_nm(layer["level"])
-        if nm is None and level_sparsity(layer["level"]) <= init_sparsity:
-            raise ValueError(f"{name}: level {layer['level']} is not above init_sparsity")
-        key = (f"{nm.sparsity:g}", f'"{nm.label}"') if nm else (_profile_label(layer["level"]), "unstructured")
+        name, level = _checked_name(layer, "recipe.yaml"), layer["level"]
+        nm = parse_nm(level)
+        final = f"{nm.sparsity:g}" if nm else _profile_label(level)
+        starts_final = nm is not None or schedule.layer_init(level) < schedule.init_sparsity
+        init = final if starts_final else "eval(init_sparsity)"
+        key = (init, final, f'"{nm.label}"' if nm else "unstructured")
         groups.setdefault(key, []).append(f"{name}.weight")
     lines = [_RECIPE_HEADER + "version: 1.1.0\n", "# General Variables",
-             f"num_epochs: {float(num_epochs)!r}", f"init_sparsity: {float(init_sparsity)!r}",
-             f"pruning_start_epoch: {float(start_epoch)!r}", f"pruning_end_epoch: {float(end_epoch)!r}",
-             f"pruning_update_frequency: {float(update_frequency)!r}", "",
+             f"num_epochs: {float(schedule.num_epochs)!r}", f"init_sparsity: {float(schedule.init_sparsity)!r}",
+             f"pruning_start_epoch: {float(schedule.start_epoch)!r}", f"pruning_end_epoch: {float(schedule.end_epoch)!r}",
+             f"pruning_update_frequency: {float(schedule.update_frequency)!r}", "",
              "training_modifiers:", "  - !EpochRangeModifier", "    start_epoch: 0.0",
              "    end_epoch: eval(num_epochs)", "", "pruning_modifiers:" + ("" if groups else " []")]
-    for (final_sparsity, mask_type), params in groups.items():
-        initial = "eval(init_sparsity)" if mask_type == "unstructured" else final_sparsity
+    for (initial, final_sparsity, mask_type), params in groups.items():
         lines += ["  - !GMPruningModifier", "    params:", *(f"      - {param}" for param in params),
                   f"    init_sparsity: {initial}", f"    final_sparsity: {final_sparsity}",
                   "    start_epoch: eval(pruning_start_epoch)", "    end_epoch: eval(pruning_end_epoch)",
                   "    update_frequency: eval(pruning_update_frequency)", "    inter_func: cubic",
-                  f"    mask_type: {mask_type}", ""]
+                  f"    mask_type: {mask_type}", "    leave_enabled: True", ""]
     return _write(run_dir, "recipe.yaml", "\n".join(lines).rstrip("\n") + "\n")
+
+
+def read_recipe_schedule(path: str | os.PathLike) -> GMPSchedule:
+    """The ``GMPSchedule`` of a recipe written by ``write_recipe`` (from its General Variables)."""
+    text = Path(path).read_text(encoding="utf-8")
+    values = {}
+    for key in ("num_epochs", "init_sparsity", "pruning_start_epoch", "pruning_end_epoch", "pruning_update_frequency"):
+        match = re.search(rf"^{key}: (\S+)$", text, flags=re.M)
+        if match is None:
+            raise ValueError(f"{path}: no variable {key}")
+        try:
+            values[key] = float(match.group(1))
+        except ValueError:
+            raise ValueError(f"{path}: {key} is not a number ({match.group(1)})") from None
+    whole = {key: values[key] for key in values if key != "init_sparsity"}
+    if any(value != int(value) for value in whole.values()):
+        raise ValueError(f"{path}: epochs must be whole numbers for spdy-tui's schedule")
+    return GMPSchedule(
+        init_sparsity=values["init_sparsity"], start_epoch=int(values["pruning_start_epoch"]),
+        end_epoch=int(values["pruning_end_epoch"]), num_epochs=int(values["num_epochs"]),
+        update_frequency=int(values["pruning_update_frequency"]),
+    )
 
 
 def read_recipe_targets(path: str | os.PathLike) -> dict[str, float]:

@@ -12,6 +12,9 @@ A *keep mask* is a bool tensor shaped like the weight, True where the weight sur
 * Nested: pruning a weight that already has zeros to a higher sparsity keeps every existing zero
   and chooses the other k - zeros(w) among the non-zeros only, so the kept sets shrink level by
   level:  keep(s_1) ⊇ keep(s_2) ⊇ ...  for s_1 < s_2.
+* Growing (gradual pruning): ``prune_more`` takes a keep mask and a larger count and prunes the
+  smallest |w| among the kept weights only, so a pruned weight never comes back and exactly
+  ``count`` weights are pruned afterwards, whatever values the pruned positions hold.
 * N:M (spdy-method.md §7): in every group of M consecutive weights along the input dimension keep
   the N largest |w| (ties: lower index kept).  Linear (out, in): groups run along ``in``.
   Conv2d (out, in, kh, kw): groups run along ``in`` for each (out, kh, kw), i.e. along the last
@@ -69,6 +72,18 @@ def nested_magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor
     if extra < 0:
         raise ValueError(f"weight already has {int(zeros.sum())} zeros, more than sparsity {sparsity} prunes")
     return ~(zeros | smallest(weight.abs(), extra, exclude=zeros))
+
+
+def prune_more(weight: torch.Tensor, keep: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep mask with exactly ``count`` pruned: the pruned set of ``keep`` plus the smallest |w| of the kept.
+
+    Raises ValueError if ``keep`` already prunes more than ``count`` weights (masks only grow).
+    """
+    pruned = ~keep
+    extra = count - int(pruned.sum())
+    if extra < 0:
+        raise ValueError(f"the mask already prunes {int(pruned.sum())} weights, more than {count}")
+    return ~(pruned | smallest(weight.abs(), extra, exclude=pruned))
 
 
 def nm_ineligibility(weight_shape: tuple[int, ...] | torch.Size, nm: NM) -> str | None:

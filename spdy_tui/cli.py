@@ -265,6 +265,67 @@ def verify(run_dir: Path = typer.Argument(..., help="A run directory with a resu
     )
 
 
+# ---------------------------------------------------------------------------- finetune
+@app.command()
+def finetune(
+    run_dir: Path = typer.Argument(..., help="A finished `spdy run` directory (with result.json and profile.toml)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Training data: a text file (one sample per line) or a .safetensors/.pt/.npy file "
+        "with inputs (and labels). Default: the profile's data without its held-out samples (digits: the train split)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs in all (default 15, as in recipe.yaml)."),
+    pruning_end: Optional[int] = typer.Option(
+        None, "--pruning-end", help="Epoch at whose start every layer reaches its level (default: two thirds of --epochs)."),
+    init_sparsity: Optional[float] = typer.Option(None, "--init-sparsity", help="Sparsity of the first mask update (default 0.05)."),
+    update_frequency: Optional[int] = typer.Option(None, "--update-frequency", help="Epochs between mask updates (default 1)."),
+    allocation: str = typer.Option(
+        "spdy", "--allocation", help="Which allocation of result.json: spdy, or a baseline (uniform, global-magnitude, prior, squared-error)."),
+    loss: Optional[str] = typer.Option(
+        None, "--loss", help="auto (cross-entropy on labels for classifiers, cosine distillation for encoders), cross-entropy, kl, cosine or mse."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3; 5e-5 for transformers)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default 32)."),
+    train_samples: Optional[int] = typer.Option(None, "--train-samples", help="Use a seeded subset of this many training samples (default: all)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the profile's hardware.threads)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/finetune, or RUN_DIR/finetune-<allocation>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tuning from its last checkpoint."),
+    verify: Optional[bool] = typer.Option(
+        None, "--verify/--no-verify", help="Re-measure the speedup end to end at the end (default: the profile's export.verify)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fine-tuning's result.json on stdout."),
+) -> None:
+    """Gradual magnitude pruning to a run's allocation with fine-tuning (the schedule of recipe.yaml)."""
+    from engine import finetune as engine_finetune
+
+    from spdy_tui.progress import StderrProgress
+
+    options = engine_finetune.Options(
+        allocation=allocation, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
+        update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
+        data=None if data is None else str(data.resolve()), threads=threads,
+    )
+    listener = StderrProgress(err)
+    try:
+        job = engine_finetune.open_finetune(run_dir, options, out_dir, resume, listener=listener, verify=verify)
+        err.print(f"fine-tuning into {job.out}")
+        result = engine_finetune.execute(job)
+    except _user_errors() as exc:
+        raise fail(str(exc)) from None
+    finally:
+        listener.close()
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    held, measured = result["heldout"], result["measured_speedup"]
+
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    out.print(
+        f"{result['allocation']} allocation, gradual pruning: held-out {result['heldout_metric']} {number(held['gradual'])} "
+        f"(one-shot magnitude {number(held['one_shot_magnitude'])}, one-shot in the run {number(held['one_shot_run'])}, "
+        f"dense {number(held['dense'])}); predicted {number(result['predicted_speedup'])}x, "
+        f"measured {'-' if measured is None else f'{measured:.3f}x'}; wrote {job.out}"
+    )
+
+
 @app.command()
 def inspect(
     path: Path = typer.Argument(..., help="A run directory or its events.jsonl (live, finished or killed)."),

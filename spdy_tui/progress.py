@@ -41,9 +41,29 @@ class StderrProgress:
             self.console.print(f"baseline {event['name']}: loss {event['loss']:.5g}, predicted {event['predicted_speedup']:.3f}x")
         elif kind == "verify":
             self.console.print(f"verify: predicted {event['predicted']:.3f}x, measured {event['measured']:.3f}x")
+        elif kind == "finetune":
+            self._finetune(event)
         elif kind == "error":
             self.console.print(f"error: {event['message']}", markup=False)
         elif kind == "run_finished":
+            self.close()
+
+    def _finetune(self, event: dict) -> None:
+        phase, epochs = event["phase"], event["epochs"]
+        if phase == "started":
+            self.console.print(
+                f"finetune: {event.get('samples')} samples, loss {event.get('loss')}, {epochs} epochs"
+                + (f", resuming at epoch {event['epoch'] + 1}" if event.get("resume") else ""), markup=False)
+        elif phase == "step":
+            self._bar("finetune", event["step"], event["steps"], f"finetune epoch {event['epoch'] + 1}/{epochs}")
+        elif phase == "epoch":
+            heldout = event.get("heldout")
+            self.console.print(
+                f"finetune epoch {event['epoch'] + 1}/{epochs}: loss {event['loss']:.5g}"
+                + ("" if heldout is None else f", held-out {heldout:.4f}"), markup=False)
+        elif phase == "verify":
+            self.console.print(f"verify: predicted {event['predicted']:.3f}x, measured {event['measured']:.3f}x")
+        elif phase in ("done", "interrupted", "failed"):
             self.close()
 
     def close(self) -> None:

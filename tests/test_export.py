@@ -8,6 +8,7 @@ from torch import nn
 
 from engine.export import (
     read_profile_txt,
+    read_recipe_schedule,
     read_recipe_targets,
     read_result,
     write_profile_txt,
@@ -17,6 +18,9 @@ from engine.export import (
     write_result,
     write_torchao_config,
 )
+from engine.grid import level_sparsity
+from engine.schedule import DEFAULT as DEFAULT_SCHEDULE
+from engine.schedule import GMPSchedule
 
 LAYERS = [
     {"name": "fc1", "level": "0.7844", "time": 0.0021},
@@ -73,14 +77,18 @@ def test_profile_txt_golden_and_round_trip(tmp_path):
 
 
 RECIPE = """\
-# SparseML recipe written by spdy-tui from this run's SPDY allocation.
+# SparseML recipe written by spdy-tui from an SPDY run's allocation.
 # Gradual magnitude pruning (GMP): every listed weight goes from init_sparsity to its
-# final_sparsity between pruning_start_epoch and pruning_end_epoch on a cubic schedule;
-# the masks then stay on while training continues to num_epochs. One !GMPruningModifier
-# per distinct final sparsity; layers SPDY left dense are not listed. N:M layers use
-# mask_type "2:4" (quoted: YAML 1.1 reads a bare 2:4 as the number 124) and start at their
-# final sparsity, because SparseML's N:M mask creator accepts no other target.
-# Format: SparseML recipes, version 1.1.0 (variables + eval()); pass it as --recipe.
+# final_sparsity on the cubic schedule, s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3,
+# its masks recomputed every pruning_update_frequency epochs from the start of
+# pruning_start_epoch (t0) and set to final_sparsity at the start of pruning_end_epoch (t1);
+# leave_enabled keeps the masks on while training continues to num_epochs. One
+# !GMPruningModifier per distinct (init, final, mask type); layers SPDY left dense are not listed.
+# Layers whose final sparsity is at most init_sparsity start at it. N:M layers use mask_type
+# "2:4" (quoted: YAML 1.1 reads a bare 2:4 as the number 124) and start at their final
+# sparsity, because SparseML's N:M mask creator accepts no other target.
+# `spdy finetune` runs exactly this schedule. Format: SparseML recipes, version 1.1.0
+# (variables + eval()); params are the model's parameter names; pass it as --recipe.
 version: 1.1.0
 
 # General Variables
@@ -107,6 +115,7 @@ pruning_modifiers:
     update_frequency: eval(pruning_update_frequency)
     inter_func: cubic
     mask_type: unstructured
+    leave_enabled: True
 
   - !GMPruningModifier
     params:
@@ -118,6 +127,7 @@ pruning_modifiers:
     update_frequency: eval(pruning_update_frequency)
     inter_func: cubic
     mask_type: "2:4"
+    leave_enabled: True
 """
 
 
@@ -125,20 +135,78 @@ def test_recipe_golden_round_trip_and_valid_yaml(tmp_path):
     path = write_recipe(tmp_path, LAYERS)
     assert path.read_text() == RECIPE
     assert read_recipe_targets(path) == {"fc1.weight": 0.7844, "head.proj.weight": 0.7844, "fc3.weight": 0.5}
+    assert read_recipe_schedule(path) == DEFAULT_SCHEDULE
+    recipe = _load_recipe(path)
+    assert recipe["version"] == "1.1.0" and recipe["num_epochs"] == 15.0
+    nm_modifier = recipe["pruning_modifiers"][1]["GMPruningModifier"]
+    assert nm_modifier["mask_type"] == "2:4" and nm_modifier["params"] == ["fc3.weight"]
+    with pytest.raises(ValueError, match="start_epoch < end_epoch"):
+        GMPSchedule(start_epoch=10, end_epoch=5)
+    dense = write_recipe(tmp_path / "dense", [{"name": "fc1", "level": "0.0000", "time": 1.0}])
+    assert "pruning_modifiers: []\n" in dense.read_text() and read_recipe_targets(dense) == {}
+
+
+def _load_recipe(path):
     yaml = pytest.importorskip("yaml")  # present through transformers; not a dependency of ours
 
     class RecipeLoader(yaml.SafeLoader):
         pass
 
     RecipeLoader.add_multi_constructor("!", lambda loader, tag, node: {tag: loader.construct_mapping(node)})
-    recipe = yaml.load(path.read_text(), Loader=RecipeLoader)
-    assert recipe["version"] == "1.1.0" and recipe["num_epochs"] == 15.0
-    nm_modifier = recipe["pruning_modifiers"][1]["GMPruningModifier"]
-    assert nm_modifier["mask_type"] == "2:4" and nm_modifier["params"] == ["fc3.weight"]
-    with pytest.raises(ValueError, match="start_epoch"):
-        write_recipe(tmp_path, LAYERS, start_epoch=10.0, end_epoch=5.0)
-    dense = write_recipe(tmp_path / "dense", [{"name": "fc1", "level": "0.0000", "time": 1.0}])
-    assert "pruning_modifiers: []\n" in dense.read_text() and read_recipe_targets(dense) == {}
+    return yaml.load(path.read_text(), Loader=RecipeLoader)
+
+
+# SparseML's documented fields (docs/source/recipes.md "Pruning Modifiers" and "Training Epoch
+# Modifiers"; the GMPruningModifier docstring in sparseml/pytorch/sparsification/pruning/
+# modifier_pruning_magnitude.py): required, and all accepted.
+GMP_REQUIRED = {"params", "init_sparsity", "final_sparsity", "start_epoch", "end_epoch", "update_frequency"}
+GMP_FIELDS = GMP_REQUIRED | {"leave_enabled", "inter_func", "mask_type", "global_sparsity", "log_types"}
+EPOCH_RANGE_FIELDS = {"start_epoch", "end_epoch"}
+INTER_FUNCS = {"linear", "cubic", "inverse_cubic"}
+
+
+def _evaluate(value, variables):
+    """A recipe value: ``eval(name)`` is the variable ``name`` (the only expressions we write)."""
+    if isinstance(value, str) and value.startswith("eval(") and value.endswith(")"):
+        return variables[value[5:-1]]
+    return value
+
+
+def _sparseml_cubic(epoch, start, end, init, final):
+    """SparseML's interpolate(..., inter_func="cubic"): y0 + (1 - (1 - x)^3) (y1 - y0), x clamped."""
+    x = min(max((epoch - start) / (end - start), 0.0), 1.0)
+    return init + (1 - (1 - x) ** 3) * (final - init)
+
+
+def test_recipe_uses_only_documented_sparseml_fields_and_means_our_schedule(tmp_path):
+    schedule = GMPSchedule(init_sparsity=0.1, start_epoch=1, end_epoch=5, num_epochs=7, update_frequency=2)
+    layers = LAYERS + [{"name": "low", "level": "0.0500", "time": 0.001}]  # below init_sparsity: constant
+    recipe = _load_recipe(write_recipe(tmp_path, layers, schedule))
+    variables = {key: value for key, value in recipe.items() if not key.endswith("modifiers") and key != "version"}
+    assert variables == {"num_epochs": 7.0, "init_sparsity": 0.1, "pruning_start_epoch": 1.0,
+                         "pruning_end_epoch": 5.0, "pruning_update_frequency": 2.0}
+    assert [key for key in recipe if key.endswith("modifiers")] == ["training_modifiers", "pruning_modifiers"]
+    (epoch_range,) = recipe["training_modifiers"]
+    assert set(epoch_range) == {"EpochRangeModifier"} and set(epoch_range["EpochRangeModifier"]) == EPOCH_RANGE_FIELDS
+    assert _evaluate(epoch_range["EpochRangeModifier"]["end_epoch"], variables) == schedule.num_epochs
+    levels = {f"{layer['name']}.weight": layer["level"] for layer in layers}
+    listed = []
+    for entry in recipe["pruning_modifiers"]:
+        (kind, fields), = entry.items()
+        assert kind == "GMPruningModifier" and GMP_REQUIRED <= set(fields) <= GMP_FIELDS, set(fields) - GMP_FIELDS
+        values = {key: _evaluate(value, variables) for key, value in fields.items()}
+        assert values["inter_func"] in INTER_FUNCS and values["leave_enabled"] is True
+        assert isinstance(values["init_sparsity"], float) and 0.0 <= values["init_sparsity"] <= values["final_sparsity"] < 1.0
+        assert values["mask_type"] == "unstructured" or values["mask_type"] == "2:4"
+        for param in values["params"]:
+            listed.append(param)
+            assert values["final_sparsity"] == round(level_sparsity(levels[param]), 4)
+            for epoch in schedule.update_epochs():  # the recipe's sparsity at every update is ours
+                ours = schedule.sparsity(epoch, levels[param])
+                theirs = _sparseml_cubic(epoch, values["start_epoch"], values["end_epoch"], values["init_sparsity"],
+                                         values["final_sparsity"])
+                assert theirs == pytest.approx(ours, abs=1e-12), (param, epoch)
+    assert sorted(listed) == ["fc1.weight", "fc3.weight", "head.proj.weight", "low.weight"]  # fc2 is dense
 
 
 TORCHAO = """\

@@ -84,7 +84,15 @@ class HardwareConfig:
     warmup: int = option(3, "Warm-up calls before timing a kernel.", min=0)
     repeats: int = option(15, "Timed repeats per (layer, level); the median is kept.", min=3)
     max_spread: float = option(0.15, "Re-measure a row whose relative IQR exceeds this.", min=0.0, min_exclusive=True)
-    dtype: str = option("float32", "Timing and verification dtype.", choices=["float32", "float16", "bfloat16"])
+    dtype: str = option(
+        "float32",
+        "Timing and verification dtype (cuda-2:4: float16 or bfloat16, the dtypes of the 2:4 kernels).",
+        choices=["float32", "float16", "bfloat16"],
+    )
+    cuda_graphs: bool = option(
+        False,
+        "cuda-2:4: time each layer as a replayed CUDA graph (no kernel-launch overhead, which dominates small layers).",
+    )
 
 
 @dataclass(frozen=True)
@@ -227,8 +235,18 @@ def _check_consistency(profile: Profile) -> None:
         raise ProfileError(f"{src}: key 'grid.min_sparsity' ({grid.min_sparsity}) exceeds 'grid.max_sparsity' ({grid.max_sparsity})")
     if grid.kind == "nm" and grid.n >= grid.m:
         raise ProfileError(f"{src}: key 'grid.n' must be less than 'grid.m' (got {grid.n}:{grid.m})")
-    if profile.hardware.backend == "cuda-2:4" and grid.kind != "nm":
-        raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.kind = 'nm'")
+    if profile.hardware.backend == "cuda-2:4":
+        if grid.kind != "nm":
+            raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.kind = 'nm'")
+        if (grid.n, grid.m) != (2, 4):
+            raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' runs 2:4 only; set grid.n = 2 and grid.m = 4 (got {grid.n}:{grid.m})")
+        if not grid.include_dense:
+            raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.include_dense = true (layers the 2:4 kernels cannot run stay dense)")
+        if profile.hardware.dtype not in ("float16", "bfloat16"):
+            raise ProfileError(
+                f"{src}: hardware.backend 'cuda-2:4' needs hardware.dtype 'float16' or 'bfloat16' "
+                f"(the 2:4 kernels have no float32 path); got {profile.hardware.dtype!r}"
+            )
     model, data = profile.model, profile.data
     needs = {"hf": ("path", model.path), "torchvision": ("name", model.name), "python": ("python", model.python)}
     if model.kind in needs and not needs[model.kind][1]:

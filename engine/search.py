@@ -102,7 +102,9 @@ class Search:
         """The DP allocation for coefficients c (one per searchable layer; others keep cost 0)."""
         scale = np.zeros(len(self.problem.levels))
         scale[self.searchable] = c
-        return self.problem.solve(scale[:, None] * self.prior, self.settings.buckets)
+        finite = np.isfinite(self.prior)  # a level a layer lacks stays inf (0 * inf would be NaN)
+        costs = np.multiply(scale[:, None], self.prior, out=np.full_like(self.prior, np.inf), where=finite)
+        return self.problem.solve(costs, self.settings.buckets)
 
     def _score_batch(self, candidates: list[np.ndarray], phase: str, k: int) -> bool:
         """Score candidates in order against the running best; True if one improved it.

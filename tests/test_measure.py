@@ -46,3 +46,17 @@ def test_noisy_variant_is_retried_then_flagged():
     stats = time_interleaved({"noisy": noisy, "steady": steady}, warmup=0, repeats=6, max_spread=0.1, retries=2, clock=clock)
     assert calls["noisy"] == 18  # measured three times: once, then two retries
     assert not stats["noisy"].stable and stats["steady"].stable and stats["steady"].median == 2.0
+
+
+def test_a_timer_measures_each_call_itself():
+    """``timer(call)`` replaces the wall clock (the GPU profiler passes CUDA events): its numbers are the samples."""
+    seen, costs = [], {"a": iter([2.0, 4.0, 3.0]), "b": iter([1.0, 1.0, 1.0])}
+
+    def timer(call):
+        name = call()
+        seen.append(name)
+        return next(costs[name])
+
+    stats = time_interleaved({"a": lambda: "a", "b": lambda: "b"}, warmup=0, repeats=3, max_spread=10.0, timer=timer)
+    assert seen == ["a", "b", "b", "a", "a", "b"]
+    assert (stats["a"].median, stats["a"].q1, stats["a"].q3) == (3.0, 2.5, 3.5) and stats["b"].median == 1.0

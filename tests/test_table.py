@@ -89,3 +89,24 @@ def test_subset_moves_dropped_dense_time_into_the_overhead(shipped_tables):
     assert abs(part.overhead - (table.overhead + dropped)) < 1e-12
     levels = ["0.0000"] * len(keep)
     assert abs(part.predicted_time(levels) - table.predicted_time(["0.0000"] * len(table.names))) < 1e-12
+
+
+def test_layer_notes_round_trip_and_stay_optional(tmp_path):
+    """A layer's note (e.g. why it has only its dense level) is an optional key of its JSON entry."""
+    from engine.timing.table import LayerTimes
+
+    layers = [
+        LayerTimes("fc1", ("0.0000", "2:4"), (2.0, 1.5), "2:4 kernel: cusparselt alg 3"),
+        LayerTimes("conv", ("0.0000",), (1.0,), "dense only: Conv2d"),
+        LayerTimes("fc2", ("0.0000", "2:4"), (1.0, 1.2)),
+    ]
+    table = TimingTable(5.0, 4.0, layers, backend="cuda-2:4")
+    save_table(table, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert [entry.get("note") for entry in data["layers"]] == ["2:4 kernel: cusparselt alg 3", "dense only: Conv2d", None]
+    assert load_table(tmp_path / "t.json").layers == layers
+    for entry in data["layers"]:
+        entry.pop("note", None)  # a table written before notes existed
+    assert [layer.note for layer in TimingTable.from_json(data).layers] == ["", "", ""]
+    save_table(table, tmp_path / "t.txt", "spdy-txt")  # the original format has no place for notes
+    assert [layer.levels for layer in load_table(tmp_path / "t.txt").layers] == [layer.levels for layer in layers]

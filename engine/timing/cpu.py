@@ -136,5 +136,15 @@ def profile_cpu(loaded, example_inputs: Any, layers: list, levels: list[str], ha
 
 
 def timing_fingerprint(environment: dict, hardware, shapes: dict, levels: list[str]) -> str:
-    """What a cached table must match to be reused: machine, libraries, threads, shapes, levels."""
-    return fingerprint(environment, threads=hardware.threads, batch=hardware.batch_size, dtype=hardware.dtype, shapes=shapes, levels=levels)
+    """What a cached table must match to be reused: machine, libraries, threads, shapes, levels,
+    and the backend and CUDA graphs where they differ from the defaults (cpu, off), so that CPU
+    fingerprints stay what they were."""
+    extra = {}
+    if getattr(hardware, "backend", "cpu") != "cpu":
+        extra["backend"] = hardware.backend
+    if getattr(hardware, "cuda_graphs", False):
+        extra["cuda_graphs"] = True
+    return fingerprint(
+        environment, threads=hardware.threads, batch=hardware.batch_size, dtype=hardware.dtype, shapes=shapes,
+        levels=levels, **extra,
+    )

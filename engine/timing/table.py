@@ -14,8 +14,10 @@ Two formats are read and written:
   ``<seconds> <level>`` lines).  Quirks of the shipped tables are handled: layers without entries
   are dropped, a layer may lack a level, and a level listed twice keeps its last value, as the
   original loader's dict did (each case is recorded in ``TimingTable.warnings``);
-* a versioned JSON format of ours that also carries units, the backend, the dense baseline and
-  the measuring environment.
+* a versioned JSON format of ours that also carries units, the backend, the dense baseline,
+  the measuring environment and, per layer, an optional ``note`` (e.g. why a layer only has its
+  dense level: the GPU 2:4 kernels cannot run its shape).  The note is an optional key of a
+  layer's entry, so tables without notes read and write exactly as before.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LayerTimes:
     name: str
     levels: tuple[str, ...]
     seconds: tuple[float, ...]
+    note: str = ""  # free text: which kernel was timed, or why a level is missing
 
     @property
     def dense_seconds(self) -> float:
@@ -121,7 +124,9 @@ class TimingTable:
             "environment": self.environment,
             "warnings": self.warnings,
             "layers": [
-                {"name": layer.name, "levels": dict(zip(layer.levels, layer.seconds))} for layer in self.layers
+                {"name": layer.name, "levels": dict(zip(layer.levels, layer.seconds))}
+                | ({"note": layer.note} if layer.note else {})
+                for layer in self.layers
             ],
         }
 
@@ -132,7 +137,9 @@ class TimingTable:
         if data.get("version") != JSON_VERSION:
             raise TableError(f"{source}: unsupported timing table version {data.get('version')!r}")
         try:
-            layers = [_layer(entry["name"], dict(entry["levels"]), source) for entry in data["layers"]]
+            layers = [
+                _layer(entry["name"], dict(entry["levels"]), source, str(entry.get("note", ""))) for entry in data["layers"]
+            ]
             table = cls(
                 base=float(data["base"]),
                 prunable=float(data["prunable"]),
@@ -218,7 +225,7 @@ def _float(text: str, where: str, what: str) -> float:
     return value
 
 
-def _layer(name: str, levels: dict[str, float], source: str) -> LayerTimes:
+def _layer(name: str, levels: dict[str, float], source: str, note: str = "") -> LayerTimes:
     if not levels:
         raise TableError(f"{source}: layer {name!r} has no levels")
     for level, seconds in levels.items():
@@ -229,7 +236,7 @@ def _layer(name: str, levels: dict[str, float], source: str) -> LayerTimes:
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
             raise TableError(f"{source}: layer {name!r} level {level}: bad seconds {seconds!r}")
     ordered = sort_levels(list(levels))
-    return LayerTimes(name, tuple(ordered), tuple(float(levels[level]) for level in ordered))
+    return LayerTimes(name, tuple(ordered), tuple(float(levels[level]) for level in ordered), note)
 
 
 def _check(table: TimingTable, source: str) -> None:

@@ -1,0 +1,105 @@
+"""End-to-end speedup of every method's allocation in a finished run, measured side by side.
+
+    .venv/bin/python benchmarks/bench_end_to_end.py RUN_DIR [RUN_DIR ...] [--repeats 21]
+
+For each run directory (a finished `spdy run`): the dense model on the run's dense baseline path
+(the fastest dense path the profiler found), SPDY's final allocation and every baseline's
+allocation (stitched from the run's database) are built with sparse kernels in their pruned
+layers, each checked against its dense-with-zeros model, and all are timed end to end,
+interleaved in one process, on the profile's timing batch and threads:
+
+    measured speedup = median(dense seconds) / median(method seconds).
+
+It also reports the share of the dense time spent outside the prunable layers,
+(base - prunable) / base, from the run's timing table: no allocation can remove that part, so it
+bounds the reachable speedup at base / (base - prunable).  Prints a markdown table per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+
+def measure(run_dir: Path, repeats: int) -> str:
+    import torch
+
+    from engine.config import load_profile
+    from engine.pipeline import Run
+    from engine.stages import load_database, load_timings, model_and_data, stitcher, timing_inputs
+    from engine.timing.cpu import dense_paths, set_threads
+    from engine.timing.measure import time_interleaved
+    from engine.verify import VerifyError, build_sparse_model
+
+    profile = load_profile(run_dir / "profile.toml")
+    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
+    load_timings(run)
+    load_database(run)
+    result = json.loads((run_dir / "result.json").read_text())
+    table = run.state["table"]
+    loaded, _ = model_and_data(run)
+    inputs = timing_inputs(run)
+    set_threads(profile.hardware.threads)
+    names = loaded.layer_names
+    allocations = {"SPDY": [row["level"] for row in result["layers"]]}
+    predicted = {"SPDY": result["predicted_speedup"]}
+    heldout = {"SPDY": result["loss"]["heldout"]}
+    calibration = {"SPDY": result["loss"]["calibration"]}
+    for name, record in result["baselines"].items():
+        if record.get("levels"):
+            allocations[name] = record["levels"]
+            predicted[name] = record["predicted_speedup"]
+            heldout[name] = record["loss"]["heldout"]
+            calibration[name] = record["loss"]["calibration"]
+
+    def run_model(model):
+        with torch.no_grad():
+            return loaded.run_model(model, inputs)
+
+    dense_name = table.dense_baseline or "torch"
+    models = {"dense": dense_paths(copy.deepcopy(loaded.model), names, only=dense_name)[dense_name].eval()}
+    shared = stitcher(run)
+    for method, levels in allocations.items():
+        shared.apply(dict(zip(names, levels)))
+        stitched = copy.deepcopy(loaded.model).eval()
+        shared.restore()
+        sparse = build_sparse_model(stitched, dict(zip(names, levels)), dense_name)
+        expected, got = run_model(stitched), run_model(sparse)
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
+            raise VerifyError(f"{run_dir}: {method}: sparse kernels disagree with the stitched model")
+        models[method] = sparse
+    stats = time_interleaved({method: (lambda m=model: run_model(m)) for method, model in models.items()},
+                             warmup=3, repeats=repeats, max_spread=profile.hardware.max_spread)
+    dense = stats["dense"]
+    outside = (table.base - table.prunable) / table.base
+    lines = [
+        f"**{profile.run.name}** ({run_dir}): target {profile.search.target:g}x, dense baseline `{dense_name}` "
+        f"{dense.median * 1e3:.1f} ms (IQR {dense.q1 * 1e3:.1f}-{dense.q3 * 1e3:.1f}); table base {table.base * 1e3:.1f} ms, "
+        f"prunable {table.prunable * 1e3:.1f} ms, outside the prunable layers {outside:.0%} "
+        f"(bound {table.base / (table.base - table.prunable):.2f}x)",
+        "",
+        "| method | predicted | measured (median) | measured IQR | sparse ms | held-out | calibration loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in allocations:
+        s = stats[method]
+        lines.append(
+            f"| {method} | {predicted[method]:.3f}x | {dense.median / s.median:.3f}x | "
+            f"{dense.q1 / s.q3:.2f}-{dense.q3 / s.q1:.2f}x | {s.median * 1e3:.1f} | {heldout[method]:.4f} | {calibration[method]:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        print(measure(run_dir, args.repeats), "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

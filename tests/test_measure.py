@@ -60,3 +60,22 @@ def test_a_timer_measures_each_call_itself():
     stats = time_interleaved({"a": lambda: "a", "b": lambda: "b"}, warmup=0, repeats=3, max_spread=10.0, timer=timer)
     assert seen == ["a", "b", "b", "a", "a", "b"]
     assert (stats["a"].median, stats["a"].q1, stats["a"].q3) == (3.0, 2.5, 3.5) and stats["b"].median == 1.0
+
+
+def test_set_threads_holds_for_torch_and_numba():
+    """Launching Numba's OpenMP pool resets the process's OpenMP thread count: set_threads must leave
+    torch on the requested count too (run in a fresh interpreter, where the pool is not launched yet)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "torch.relu(torch.ones(1 << 20))\n"  # torch's OpenMP pool is up first (a parallel elementwise op)
+        "import numba\n"
+        "from engine.timing.cpu import set_threads\n"
+        "set_threads(1)\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1"]

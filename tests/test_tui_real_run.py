@@ -7,7 +7,7 @@ import pytest
 from engine.runlog import summarise
 from spdy_tui.app import RunScreen, SpdyApp
 
-from .test_pipeline import run_cli, write_profile
+from .test_pipeline import MAGNITUDE_DATABASE, run_cli, write_profile
 from .test_tui import SIZE, pane_text, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 def real_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("digits")
     out = tmp_path / "runs" / "digits-test"
-    result = run_cli("run", write_profile(tmp_path), "--out", out, "--json")
+    result = run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE), "--out", out, "--json")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 

@@ -35,10 +35,13 @@ Progress = Callable[[str, str, float, int, int], None]
 
 
 def set_threads(threads: int) -> None:
+    """Both runtimes on ``threads`` threads.  Numba first: the first ``numba.set_num_threads`` launches
+    its OpenMP pool, which resets the process's OpenMP thread count, torch's included (torch then
+    ran the dense path on every core while our kernels ran on ``threads``)."""
     import numba
 
-    torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
 
 
 def sparse_module(layer: nn.Module) -> nn.Module:

@@ -1,12 +1,21 @@
 """Search evaluations per second: fast evaluation on versus off, and 1 versus 2 workers.
 
     .venv/bin/python benchmarks/bench_search.py RUN_DIR [--inits 20] [--window 10]
+    .venv/bin/python benchmarks/bench_search.py RUN_DIR --replay 200
+
 
 RUN_DIR is a run directory whose timings and database are built (e.g. by `spdy db PROFILE`).
 Each variant runs the same shortened search (same seed) from scratch; the final allocation must
 be identical across variants (asserted), so only the speed differs.  Variants run one after the
 other in this process (workers in child processes), in the order given, then again in reverse,
 and the two timings are averaged to cancel slow drift.
+
+A short search is mostly random initialisation, where neither acceleration can help much.
+``--replay N`` measures the workload of a real search instead: the last N evaluations logged in
+RUN_DIR's events.jsonl (a finished run's local search), each scored against the best loss the
+run had at that moment and accepted where the run accepted it, so early abandon and activation
+reuse see exactly the bounds and references they saw in the run.  Every variant must reach the
+run's verdict (better than the bound or not) on every candidate (asserted).
 """
 
 from __future__ import annotations
@@ -79,13 +88,63 @@ def _build_with_flags(run_dir: str, flags: dict):
     return scorer_for(run)
 
 
+def replay(run_dir: Path, flags: dict, events: list[dict], start_best: list[str]) -> float:
+    """Seconds to score ``events`` in order with the variant's scorer (see the module docstring)."""
+    import math
+
+    from engine.config import load_profile
+    from engine.pipeline import Run
+    from engine.stages import load_database, scorer_for
+
+    profile = with_flags(load_profile(run_dir / "profile.toml"), flags)
+    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
+    load_database(run)
+    scorer = scorer_for(run)
+    scorer.accept(start_best)
+    started = time.perf_counter()
+    for previous, event in zip(events, events[1:]):
+        loss = scorer.score([event["levels"]], previous["best"])[0]
+        assert (math.isfinite(loss) and loss < previous["best"]) == event["accepted"], f"verdict differs at evaluation {event['n']}"
+        if event["accepted"]:
+            scorer.accept(event["levels"])
+    return time.perf_counter() - started
+
+
+def main_replay(run_dir: Path, count: int, names: list[str]) -> None:
+    from engine.pipeline import logged_evaluations
+
+    logged = logged_evaluations(run_dir)
+    window = logged[-count - 1 :]
+    accepted_before = [event for event in logged[: len(logged) - len(window) + 1] if event["accepted"]]
+    start_best = accepted_before[-1]["levels"]
+    abandoned = sum(event["loss"] is None for event in window[1:])
+    print(f"{run_dir}: replaying evaluations {window[1]['n']}-{window[-1]['n']} ({len(window) - 1}; "
+          f"{abandoned} abandoned in the run, {sum(e['accepted'] for e in window[1:])} accepted)\n", flush=True)
+    names = [name for name in names if VARIANTS[name]["workers"] == 1]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for sweep in (names, list(reversed(names))):
+        for name in sweep:
+            seconds[name].append(replay(run_dir, VARIANTS[name], window, start_best))
+            print(f"  {name}: {seconds[name][-1]:.1f} s", flush=True)
+    base = sum(seconds[names[0]]) / 2
+    print("\n| variant | evaluations / s | vs plain | seconds (two sweeps) |")
+    print("|---|---|---|---|")
+    for name in names:
+        mean = sum(seconds[name]) / 2
+        print(f"| {name} | {(len(window) - 1) / mean:.2f} | {base / mean:.2f}x | {', '.join(f'{s:.1f}' for s in seconds[name])} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--inits", type=int, default=20)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--replay", type=int, default=0, help="score the last N logged evaluations of RUN_DIR instead")
     args = parser.parse_args()
+    if args.replay:
+        main_replay(args.run_dir, args.replay, [name for name in VARIANTS if name in args.variants])
+        return
     order = [name for name in VARIANTS if name in args.variants]
     timings: dict[str, list[float]] = {name: [] for name in order}
     results = {}

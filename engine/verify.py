@@ -61,7 +61,11 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
         repeats=hardware.repeats,
         max_spread=hardware.max_spread,
     )
-    dense, sparse = stats["dense"], stats["sparse"]
+    return outcome(predicted, stats["dense"], stats["sparse"], dense_name, error)
+
+
+def outcome(predicted: float, dense, sparse, dense_baseline: str, error: float) -> dict:
+    """The ``verify`` event fields from the dense and sparse end-to-end ``Stats``."""
     return {
         "predicted": predicted,
         "measured": dense.median / sparse.median,
@@ -69,6 +73,6 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
         "sparse_seconds": sparse.median,
         "dense_spread": dense.spread,
         "sparse_spread": sparse.spread,
-        "dense_baseline": dense_name,
+        "dense_baseline": dense_baseline,
         "max_abs_difference": error,
     }

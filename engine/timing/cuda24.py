@@ -49,7 +49,7 @@ from engine.sparse.semi24 import DTYPES, TWO_FOUR, Semi24Kernels, error_line, un
 from engine.timing.cpu import capture_inputs, timing_fingerprint
 from engine.timing.measure import Stats, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
-from engine.verify import VerifyError
+from engine.verify import VerifyError, outcome
 
 LEVELS = nm_levels(2, 4)  # ["0.0000", "2:4"]
 TWO_FOUR_LEVEL = TWO_FOUR.label
@@ -287,14 +287,4 @@ def verify_cuda24(
         {"dense": lambda: _forward(loaded, dense_model, inputs), "sparse": lambda: _forward(loaded, sparse_model, inputs)},
         warmup=hardware.warmup, repeats=hardware.repeats, max_spread=hardware.max_spread, timer=_timer(device, 1),
     )
-    dense, sparse = stats["dense"], stats["sparse"]
-    return {
-        "predicted": predicted,
-        "measured": dense.median / sparse.median,
-        "dense_seconds": dense.median,
-        "sparse_seconds": sparse.median,
-        "dense_spread": dense.spread,
-        "sparse_spread": sparse.spread,
-        "dense_baseline": table.dense_baseline or f"torch-{hardware.dtype}",
-        "max_abs_difference": error,
-    }
+    return outcome(predicted, stats["dense"], stats["sparse"], table.dense_baseline or f"torch-{hardware.dtype}", error)

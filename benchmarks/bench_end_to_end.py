@@ -23,25 +23,43 @@ import json
 from pathlib import Path
 
 
-def measure(run_dir: Path, repeats: int) -> str:
-    import torch
-
+def open_finished_run(run_dir: Path):
+    """(run, result, loaded model, timing inputs) of a finished run, threads set as profiled."""
     from engine.config import load_profile
     from engine.pipeline import Run
-    from engine.stages import load_database, load_timings, model_and_data, stitcher, timing_inputs
-    from engine.timing.cpu import dense_paths, set_threads
-    from engine.timing.measure import time_interleaved
-    from engine.verify import VerifyError, build_sparse_model
+    from engine.stages import load_database, load_timings, model_and_data, timing_inputs
+    from engine.timing.cpu import set_threads
 
     profile = load_profile(run_dir / "profile.toml")
     run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
     load_timings(run)
     load_database(run)
-    result = json.loads((run_dir / "result.json").read_text())
-    table = run.state["table"]
     loaded, _ = model_and_data(run)
-    inputs = timing_inputs(run)
     set_threads(profile.hardware.threads)
+    return run, json.loads((run_dir / "result.json").read_text()), loaded, timing_inputs(run)
+
+
+def stitched_and_sparse(run, loaded, levels: dict[str, str]):
+    """The model stitched at ``levels`` from the run's database, and its sparse-kernel build."""
+    from engine.stages import stitcher
+    from engine.verify import build_sparse_model
+
+    shared = stitcher(run)
+    shared.apply(levels)
+    stitched = copy.deepcopy(loaded.model).eval()
+    shared.restore()
+    return stitched, build_sparse_model(stitched, levels, run.state["table"].dense_baseline or "torch")
+
+
+def measure(run_dir: Path, repeats: int) -> str:
+    import torch
+
+    from engine.timing.cpu import dense_paths
+    from engine.timing.measure import time_interleaved
+    from engine.verify import VerifyError
+
+    run, result, loaded, inputs = open_finished_run(run_dir)
+    profile, table = run.profile, run.state["table"]
     names = loaded.layer_names
     allocations = {"SPDY": [row["level"] for row in result["layers"]]}
     predicted = {"SPDY": result["predicted_speedup"]}
@@ -60,12 +78,8 @@ def measure(run_dir: Path, repeats: int) -> str:
 
     dense_name = table.dense_baseline or "torch"
     models = {"dense": dense_paths(copy.deepcopy(loaded.model), names, only=dense_name)[dense_name].eval()}
-    shared = stitcher(run)
     for method, levels in allocations.items():
-        shared.apply(dict(zip(names, levels)))
-        stitched = copy.deepcopy(loaded.model).eval()
-        shared.restore()
-        sparse = build_sparse_model(stitched, dict(zip(names, levels)), dense_name)
+        stitched, sparse = stitched_and_sparse(run, loaded, dict(zip(names, levels)))
         expected, got = run_model(stitched), run_model(sparse)
         if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
             raise VerifyError(f"{run_dir}: {method}: sparse kernels disagree with the stitched model")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,36 +26,23 @@ from pathlib import Path
 
 def main() -> None:
     import torch
+    from bench_end_to_end import open_finished_run, stitched_and_sparse
 
-    from engine.config import load_profile
     from engine.grid import DENSE
-    from engine.pipeline import Run
-    from engine.stages import load_database, load_timings, model_and_data, stitcher, timing_inputs
-    from engine.timing.cpu import dense_paths, set_threads
-    from engine.verify import build_sparse_model
+    from engine.timing.cpu import dense_paths
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--all", action="store_true", help="print every layer, not only those off by > 5%% and 0.1 ms")
     args = parser.parse_args()
-    profile = load_profile(args.run_dir / "profile.toml")
-    run = Run(profile, args.run_dir, log=None)  # type: ignore[arg-type]
-    load_timings(run)
-    load_database(run)
-    table = run.state["table"]
-    levels = {row["name"]: row["level"] for row in json.loads((args.run_dir / "result.json").read_text())["layers"]}
-    loaded, _ = model_and_data(run)
-    inputs = timing_inputs(run)
-    set_threads(profile.hardware.threads)
+    run, result, loaded, inputs = open_finished_run(args.run_dir)
+    profile, table = run.profile, run.state["table"]
+    levels = {row["name"]: row["level"] for row in result["layers"]}
     names = loaded.layer_names
-    shared = stitcher(run)
-    shared.apply(levels)
-    stitched = copy.deepcopy(loaded.model).eval()
-    shared.restore()
     models = {
         "dense": dense_paths(copy.deepcopy(loaded.model), names, only=table.dense_baseline)[table.dense_baseline].eval(),
-        "sparse": build_sparse_model(stitched, levels, table.dense_baseline),
+        "sparse": stitched_and_sparse(run, loaded, levels)[1],
     }
     layer_seconds = {kind: {name: [] for name in names} for kind in models}
     total_seconds = {kind: [] for kind in models}
@@ -100,7 +86,7 @@ def main() -> None:
     print("| **sum** | | " + " | ".join(f"**{value * 1e3:.2f}**" for value in sums.values()) + " |")
     dense_total, sparse_total = median(total_seconds["dense"]), median(total_seconds["sparse"])
     print(f"\nend to end: dense {dense_total * 1e3:.2f} ms (table base {table.base * 1e3:.2f}), sparse {sparse_total * 1e3:.2f} ms; "
-          f"measured {dense_total / sparse_total:.3f}x, predicted {json.loads((args.run_dir / 'result.json').read_text())['predicted_speedup']:.3f}x")
+          f"measured {dense_total / sparse_total:.3f}x, predicted {result['predicted_speedup']:.3f}x")
     print(f"outside the layers: dense model {(dense_total - sums['dense_model']) * 1e3:.2f} ms, "
           f"sparse model {(sparse_total - sums['level_model']) * 1e3:.2f} ms, table (base - prunable) {(table.base - table.prunable) * 1e3:.2f} ms")
 

@@ -145,11 +145,12 @@ def stdlib_sentences() -> tuple[str, ...]:
     return docstring_sentences(Path(sysconfig.get_paths()["stdlib"]))
 
 
-def _text_lines(path: str) -> list[str]:
+def text_lines(path: str | Path, what: str) -> list[str]:
+    """The distinct non-blank lines of a text file, whitespace normalised; ``what`` names the file in errors."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"data.path {path!r}: cannot read the text file: {exc}") from None
+        raise DataError(f"{what}: cannot read the text file: {exc}") from None
     return list(dict.fromkeys(line for line in map(_normalise, text.splitlines()) if line))
 
 
@@ -254,37 +255,47 @@ def _imagefolder(profile: Profile) -> Data:
     return Data(load(calibration), load(heldout))
 
 
-def _tensors(profile: Profile) -> Data:
-    """A tensor file: a single tensor, or named tensors with optional ``labels`` and either
-    ``inputs`` or the model's keyword inputs (e.g. ``input_ids`` and ``attention_mask``)."""
-    path = profile.data.path
+TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
+
+
+def read_tensor_file(path: str | Path, what: str) -> tuple[Inputs, torch.Tensor | None]:
+    """(inputs, labels) of a tensor file: a single tensor, or named tensors with optional ``labels``
+    and either ``inputs`` or the model's keyword inputs (e.g. ``input_ids`` and ``attention_mask``).
+    Never unpickles; ``what`` names the file in errors."""
     suffix = Path(path).suffix
-    if suffix not in (".pt", ".pth", ".npy", ".safetensors"):
-        raise DataError(f"data.path {path!r}: expected a .pt, .npy or .safetensors file")
+    if suffix not in TENSOR_SUFFIXES:
+        raise DataError(f"{what}: expected a .pt, .npy or .safetensors file")
     try:
         if suffix == ".npy":
             content: Any = torch.from_numpy(np.load(path, allow_pickle=False))
         elif suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            content = load_file(path)
+            content = load_file(str(path))
         else:
             content = torch.load(path, map_location="cpu", weights_only=True)
     except TENSOR_FILE_ERRORS as exc:
-        raise DataError(f"data.path {path!r}: cannot load tensors: {exc}") from None
+        raise DataError(f"{what}: cannot load tensors: {exc}") from None
     if isinstance(content, torch.Tensor):
-        return _split(content, None, profile, f"tensor file {path!r}")
+        return content, None
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise DataError(f"data.path {path!r}: expected a tensor or a dict of tensors")
+        raise DataError(f"{what}: expected a tensor or a dict of tensors")
+    content = dict(content)
     labels = content.pop("labels", None)
     inputs = content.pop("inputs", None)
     if inputs is None:
         inputs = next(iter(content.values())) if len(content) == 1 else content
     if not isinstance(inputs, torch.Tensor) and not inputs:
-        raise DataError(f"data.path {path!r}: no input tensors besides 'labels'")
+        raise DataError(f"{what}: no input tensors besides 'labels'")
     counts = {len(value) for value in ([inputs] if isinstance(inputs, torch.Tensor) else inputs.values())}
     if len(counts) != 1 or (labels is not None and len(labels) not in counts):
-        raise DataError(f"data.path {path!r}: tensors disagree on the number of samples (first dimension)")
+        raise DataError(f"{what}: tensors disagree on the number of samples (first dimension)")
+    return inputs, labels
+
+
+def _tensors(profile: Profile) -> Data:
+    path = profile.data.path
+    inputs, labels = read_tensor_file(path, f"data.path {path!r}")
     return _split(inputs, labels, profile, f"tensor file {path!r}")
 
 
@@ -314,7 +325,7 @@ def build_data(profile: Profile, tokenizer: Any = None, supplied: tuple[list, li
     if source == "stdlib-docstrings":
         return _tokenised(stdlib_sentences(), tokenizer, profile, "the stdlib-docstrings corpus")
     if source == "text":
-        return _tokenised(_text_lines(profile.data.path), tokenizer, profile, f"text file {profile.data.path!r}")
+        return _tokenised(text_lines(profile.data.path, f"data.path {profile.data.path!r}"), tokenizer, profile, f"text file {profile.data.path!r}")
     if source == "imagefolder":
         return _imagefolder(profile)
     if source == "digits":

@@ -56,12 +56,12 @@ def _pruned(layers: Iterable[Mapping]) -> list[Mapping]:
     return [layer for layer in layers if level_sparsity(layer["level"]) > 0.0]
 
 
-def _plain_json(value):
+def plain_json(value):
     """numpy scalars -> Python numbers, tuples -> lists, inf/nan -> None (JSON has no infinity)."""
     if isinstance(value, Mapping):
-        return {str(key): _plain_json(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_json(item) for item in value]
+        return [plain_json(item) for item in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -79,7 +79,7 @@ def write_result(run_dir: str | os.PathLike, result: Mapping) -> Path:
         if not {"name", "level", "time"} <= layer.keys():
             raise ValueError(f"result layer {layer!r} needs name, level and time")
         level_sparsity(layer["level"])  # rejects labels that are not levels
-    return _write(run_dir, "result.json", json.dumps(_plain_json(result), indent=2, allow_nan=False) + "\n")
+    return _write(run_dir, "result.json", json.dumps(plain_json(result), indent=2, allow_nan=False) + "\n")
 
 
 def read_result(run_dir: str | os.PathLike) -> dict:
@@ -254,7 +254,7 @@ def write_pruned_weights(run_dir: str | os.PathLike, model: torch.nn.Module, met
             raise ValueError(f"{name}.weight has {zeros}/{weight.numel()} zeros, level {level} needs more: "
                              "is the pruned (stitched) model being saved?")
     text_metadata = {"format": "pt"}
-    text_metadata.update({str(key): value if isinstance(value, str) else json.dumps(_plain_json(value))
+    text_metadata.update({str(key): value if isinstance(value, str) else json.dumps(plain_json(value))
                           for key, value in metadata.items()})
     return _write(run_dir, "pruned.safetensors", safetensors_bytes(state, metadata=text_metadata))
 
@@ -370,7 +370,7 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
         "", "## Search", "", "![calibration loss of every evaluation](loss_curve.png)", "",
         "## Per-layer sparsity", "", "![per-layer sparsity](allocation.png)", "",
         "## Environment", "", "```",
-        *(f"{key}: {value if isinstance(value, str) else json.dumps(_plain_json(value))}"
+        *(f"{key}: {value if isinstance(value, str) else json.dumps(plain_json(value))}"
           for key, value in environment.items()),
         "```", "",
     ]

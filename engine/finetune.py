@@ -44,10 +44,15 @@ import torch
 
 from engine import checkpoint
 from engine.config import ProfileError, load_profile
+from engine.data import DataError
 from engine.events import EventLog
+from engine.export import plain_json
+from engine.gmp import one_shot_magnitude
 from engine.grid import level_sparsity, parse_nm
-from engine.pipeline import Run, RunError
+from engine.losses import primary_metric, resolve_loss
+from engine.pipeline import Run, RunError, finite
 from engine.schedule import DEFAULT, GMPSchedule
+from engine.training_data import heldout, model_outputs, teacher_outputs, training_set
 
 DISTILLATION_LOSSES = ("kl", "cosine", "mse")
 LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
@@ -213,205 +218,10 @@ def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | 
     return Finetune(Run(profile, run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify)
 
 
-# ---------------------------------------------------------------------------- training data
-@dataclass
-class TrainingSet:
-    inputs: torch.Tensor | dict[str, torch.Tensor]  # first dimension = samples
-    labels: torch.Tensor | None
-
-    def __len__(self) -> int:
-        first = next(iter(self.inputs.values())) if isinstance(self.inputs, dict) else self.inputs
-        return int(first.shape[0])
-
-    def batch(self, index: torch.Tensor):
-        """The inputs of samples ``index``; token inputs cut to the batch's longest sample."""
-        if not isinstance(self.inputs, dict):
-            return self.inputs[index]
-        chunk = {key: value[index] for key, value in self.inputs.items()}
-        if "attention_mask" in chunk:
-            longest = max(int(chunk["attention_mask"].sum(dim=1).max()), 1)
-            chunk = {key: value[:, :longest].contiguous() for key, value in chunk.items()}
-        return chunk
-
-
-def _text_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunError(f"--data {path}: cannot read the text file: {exc}") from None
-    return list(dict.fromkeys(" ".join(line.split()) for line in text.splitlines() if line.strip()))
-
-
-def _heldout_token_rows(data) -> set[tuple[int, ...]]:
-    rows = set()
-    for batch in data.heldout:
-        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-        for row, length in zip(ids.tolist(), mask.sum(dim=1).tolist()):
-            rows.add(tuple(row[: int(length)]))
-    return rows
-
-
-def _tokenised(texts: list[str], loaded, data, profile, what: str) -> TrainingSet:
-    if loaded.tokenizer is None:
-        raise RunError(f"{what} is text, but model.kind {profile.model.kind!r} has no tokenizer")
-    encoded = dict(loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=profile.data.seq_len,
-                                    return_tensors="pt"))
-    heldout = _heldout_token_rows(data) if data.heldout and isinstance(data.heldout[0].inputs, dict) else set()
-    lengths = encoded["attention_mask"].sum(dim=1).tolist()
-    keep = [i for i, (row, length) in enumerate(zip(encoded["input_ids"].tolist(), lengths))
-            if tuple(row[: int(length)]) not in heldout]
-    index = torch.tensor(keep, dtype=torch.long)
-    return TrainingSet({key: value[index] for key, value in encoded.items()}, None)
-
-
-def _tensor_file(path: Path) -> TrainingSet:
-    from safetensors.torch import load_file
-
-    from engine.data import TENSOR_FILE_ERRORS
-
-    try:
-        if path.suffix == ".npy":
-            content = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".safetensors":
-            content = load_file(str(path))
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except TENSOR_FILE_ERRORS as exc:
-        raise RunError(f"--data {path}: cannot load tensors: {exc}") from None
-    if isinstance(content, torch.Tensor):
-        return TrainingSet(content, None)
-    if not isinstance(content, dict) or not content or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise RunError(f"--data {path}: expected a tensor or named tensors (inputs, labels)")
-    content = dict(content)
-    labels = content.pop("labels", None)
-    inputs = content.pop("inputs", None)
-    if inputs is None:
-        if not content:
-            raise RunError(f"--data {path}: no input tensors besides 'labels'")
-        inputs = next(iter(content.values())) if len(content) == 1 else content
-    counts = {len(v) for v in ([inputs] if isinstance(inputs, torch.Tensor) else inputs.values())}
-    if len(counts) != 1 or (labels is not None and len(labels) not in counts):
-        raise RunError(f"--data {path}: tensors disagree on the number of samples (first dimension)")
-    return TrainingSet(inputs, labels)
-
-
-def training_set(ft: Finetune, loaded, data) -> TrainingSet:
-    """The training samples (see the module docstring), optionally a seeded subset of ``train_samples``."""
-    from engine.data import digits_split, stdlib_sentences
-
-    profile, chosen = ft.run.profile, ft.settings["data"]
-    if chosen:
-        path = Path(chosen)
-        if not path.exists():
-            raise RunError(f"--data {path}: no such file")
-        if path.suffix in (".safetensors", ".pt", ".pth", ".npy"):
-            train = _tensor_file(path)
-        else:
-            train = _tokenised(_text_lines(path), loaded, data, profile, f"--data {path}")
-    elif profile.data.source == "digits":
-        train = TrainingSet(*digits_split(profile.run.seed)["train"])
-    elif profile.data.source == "stdlib-docstrings":
-        train = _tokenised(list(stdlib_sentences()), loaded, data, profile, "the stdlib-docstrings corpus")
-    elif profile.data.source == "text":
-        train = _tokenised(_text_lines(Path(profile.data.path)), loaded, data, profile, f"data.path {profile.data.path!r}")
-    else:
-        raise RunError(
-            f"data.source {profile.data.source!r} has no training split: pass --data FILE "
-            "(a text file, one sample per line, or a .safetensors/.pt/.npy file with inputs and labels)"
-        )
-    wanted = ft.settings["train_samples"]
-    if wanted and wanted < len(train):
-        index = torch.randperm(len(train), generator=torch.Generator().manual_seed(profile.run.seed))[:wanted].sort().values
-        inputs = {k: v[index] for k, v in train.inputs.items()} if isinstance(train.inputs, dict) else train.inputs[index]
-        train = TrainingSet(inputs, None if train.labels is None else train.labels[index])
-    if len(train) == 0:
-        raise RunError("no training samples left (every one is a held-out sample?)")
-    return train
-
-
 # ---------------------------------------------------------------------------- pieces of the loop
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def resolve_loss(name: str, kind: str, has_labels: bool) -> str:
-    """``auto``: cross-entropy for classifiers with labels, cosine for encoders, else kl."""
-    if name == "auto":
-        return "cosine" if kind == "encoder" else ("cross-entropy" if has_labels else "kl")
-    if name == "cross-entropy" and (kind == "encoder" or not has_labels):
-        raise RunError("--loss cross-entropy needs a classifier and labelled training data; use cosine, mse or kl")
-    if name == "kl" and kind == "encoder":
-        raise RunError("--loss kl compares logits, but the model is an encoder; use cosine or mse")
-    return name
-
-
-def _outputs(loaded, model, batches) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([loaded.run_model(model, inputs) for inputs in batches])
-
-
-def teacher_outputs(ft: Finetune, loaded, train: TrainingSet, batch_size: int) -> torch.Tensor:
-    """The dense model's outputs on every training sample, computed once and kept in
-    ``teacher.safetensors`` (so a resumed run distils to the very same targets)."""
-    from safetensors.torch import load_file
-    from safetensors.torch import save as safetensors_bytes
-
-    from engine import atomic
-    from engine.data import TENSOR_FILE_ERRORS
-
-    path = ft.out / "teacher.safetensors"
-    if path.exists():
-        try:
-            teacher = load_file(str(path))["outputs"]
-            if len(teacher) == len(train):
-                return teacher
-        except (*TENSOR_FILE_ERRORS, KeyError):
-            pass  # a damaged file is recomputed, never trusted
-    index = torch.arange(len(train))
-    teacher = _outputs(loaded, loaded.model, (train.batch(chunk) for chunk in index.split(batch_size)))
-    atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
-    return teacher
-
-
-def heldout(loaded, data, model, dense: torch.Tensor) -> dict[str, float]:
-    """``engine.losses.heldout_metrics`` of ``model`` on the held-out batches (``dense``: the dense outputs)."""
-    from engine.losses import heldout_metrics
-
-    labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
-    return heldout_metrics(loaded.kind, _outputs(loaded, model, [b.inputs for b in data.heldout]), dense, labels)
-
-
-def primary(metrics: dict[str, float]) -> float:
-    return metrics.get("cosine", metrics.get("accuracy", metrics.get("agreement", float("nan"))))
-
-
-def one_shot_magnitude(loaded, levels: dict[str, str]):
-    """The dense model with every layer magnitude-pruned to its level at once (no training)."""
-    from engine.masks import magnitude_mask, nm_mask
-
-    model = copy.deepcopy(loaded.model).eval()
-    with torch.no_grad():
-        for name, level in levels.items():
-            if level_sparsity(level) > 0:
-                weight = model.get_submodule(name).weight
-                nm = parse_nm(level)
-                weight.mul_(nm_mask(weight, nm) if nm else magnitude_mask(weight, level_sparsity(level)))
-    return model
-
-
-def _finite(value):
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _plain(value):
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return _finite(value) if isinstance(value, float) else value
 
 
 # ---------------------------------------------------------------------------- the run
@@ -450,12 +260,15 @@ def _train_and_export(ft: Finetune) -> dict:
         reason = parse_nm(level) and nm_ineligibility(loaded.module(name).weight.shape, parse_nm(level))
         if reason:
             raise RunError(f"layer {name}: {reason}")
-    train = training_set(ft, loaded, data)
-    loss_name = resolve_loss(settings["loss"], loaded.kind, train.labels is not None)
+    train = training_set(ft.run.profile, ft.settings["data"], ft.settings["train_samples"], loaded, data)
+    try:
+        loss_name = resolve_loss(settings["loss"], loaded.kind, train.labels is not None, option="--loss")
+    except DataError as exc:
+        raise RunError(str(exc)) from None
     loss_fn = LOSSES[loss_name]
     batch_size = int(settings["batch_size"])
-    teacher = teacher_outputs(ft, loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
-    dense_heldout = _outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
+    teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
+    dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
 
     student = copy.deepcopy(loaded.model)
     masks = GradualMasks(student, ft.levels, schedule)
@@ -499,7 +312,7 @@ def _train_and_export(ft: Finetune) -> dict:
                              loss=float(loss.detach()))
         student.eval()
         metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
-        history.append({"epoch": epoch, "loss": total / len(train), "heldout": primary(metrics) if metrics else None,
+        history.append({"epoch": epoch, "loss": total / len(train), "heldout": primary_metric(metrics) if metrics else None,
                         "sparsity": masks.sparsities()})
         checkpoint.save(ft.out, epoch + 1, student, masks.state(), optimizer, {**record, "history": history})
         ft.epochs_done = epoch + 1
@@ -540,14 +353,14 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     result = {
         "allocation": ft.settings["allocation"],
         "target_speedup": _run_result(ft).get("target_speedup"),
-        "predicted_speedup": _finite(ft.predicted_speedup),
+        "predicted_speedup": finite(ft.predicted_speedup),
         "measured_speedup": None if outcome is None else outcome["measured"],
         "heldout_metric": _metric_name(loaded, data),
         "heldout": {
-            "gradual": _finite(primary(metrics)) if metrics else None,
-            "one_shot_magnitude": _finite(primary(one_shot)) if one_shot else None,
-            "one_shot_run": _finite(ft.run_heldout),
-            "dense": _finite(primary(dense)) if dense else None,
+            "gradual": finite(primary_metric(metrics)) if metrics else None,
+            "one_shot_magnitude": finite(primary_metric(one_shot)) if one_shot else None,
+            "one_shot_run": finite(ft.run_heldout),
+            "dense": finite(primary_metric(dense)) if dense else None,
         },
         "metrics": {"gradual": metrics, "one_shot_magnitude": one_shot},
         "layers": layers,
@@ -558,7 +371,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "seed": ft.run.profile.run.seed,
         "verify": outcome,
     }
-    atomic.write_text(ft.out / "result.json", json.dumps(_plain(result), indent=1, allow_nan=False))
+    atomic.write_text(ft.out / "result.json", json.dumps(plain_json(result), indent=1, allow_nan=False))
     return result
 
 
@@ -580,5 +393,5 @@ def _verify(ft: Finetune, loaded, student) -> dict:
     else:
         from engine.timing.cuda24 import verify_cuda24 as verify
     return verify(loaded, student, ft.levels, timing_inputs(ft.run), table, ft.run.profile.hardware,
-                  _finite(ft.predicted_speedup) or float("nan"))
+                  finite(ft.predicted_speedup) or float("nan"))
 

@@ -14,15 +14,20 @@ sparsity, and with its pruned weights held at zero a recomputation could only tr
 Between updates the masks are enforced around every optimiser step: ``mask_gradients`` before
 it (pruned weights get no gradient, so no optimiser state builds up for them) and ``apply``
 after it (pruned weights are exact zeros again even if momentum moved them).
+
+``one_shot_magnitude`` is the reference without training: every layer magnitude-pruned to its
+final level at once.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
 from engine.grid import level_sparsity, parse_nm
-from engine.masks import nm_mask, prune_more, pruned_count
+from engine.masks import magnitude_mask, nm_mask, prune_more, pruned_count
 from engine.schedule import GMPSchedule
 
 
@@ -89,3 +94,15 @@ class GradualMasks:
             if keep.shape != self._weight(name).shape or keep.dtype != torch.bool:
                 raise ValueError(f"checkpoint mask of {name} does not fit its weight {tuple(self._weight(name).shape)}")
         self.keep = {name: keep.clone() for name, keep in state.items()}
+
+
+def one_shot_magnitude(loaded, levels: dict[str, str]):
+    """The dense model with every layer magnitude-pruned to its level at once (no training)."""
+    model = copy.deepcopy(loaded.model).eval()
+    with torch.no_grad():
+        for name, level in levels.items():
+            if level_sparsity(level) > 0:
+                weight = model.get_submodule(name).weight
+                nm = parse_nm(level)
+                weight.mul_(nm_mask(weight, nm) if nm else magnitude_mask(weight, level_sparsity(level)))
+    return model

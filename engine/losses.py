@@ -65,8 +65,8 @@ LOSSES: dict[str, LossFunction] = {
 _NEEDS_LOGITS = ("cross-entropy", "kl")
 
 
-def resolve_loss(name: str, model_kind: str, has_labels: bool) -> str:
-    """The concrete loss for ``search.loss = name``.
+def resolve_loss(name: str, model_kind: str, has_labels: bool, option: str = "search.loss") -> str:
+    """The concrete loss for ``option = name`` (``search.loss``, or `spdy finetune`'s ``--loss``).
 
     ``auto`` picks ``cosine`` for encoders (outputs are embeddings) and, for classifiers,
     ``cross-entropy`` when the data has labels, else ``kl`` to the dense logits.  Explicit names
@@ -77,15 +77,20 @@ def resolve_loss(name: str, model_kind: str, has_labels: bool) -> str:
             return "cosine"
         return "cross-entropy" if has_labels else "kl"
     if name in _NEEDS_LOGITS and model_kind == "encoder":
-        raise DataError(f"search.loss {name!r} compares logits, but the model is an encoder (output = embedding); use 'cosine' or 'mse'")
+        raise DataError(f"{option} {name!r} compares logits, but the model is an encoder (output = embedding); use 'cosine' or 'mse'")
     if name == "cross-entropy" and not has_labels:
-        raise DataError("search.loss 'cross-entropy' needs labels, and the data has none; use 'kl' (to the dense logits) or 'auto'")
+        raise DataError(f"{option} 'cross-entropy' needs labels, and the data has none; use 'kl' (to the dense logits) or 'auto'")
     return name
 
 
 def loss_function(name: str, model_kind: str, has_labels: bool) -> LossFunction:
     """The loss callable ``(output, dense, labels) -> scalar`` for ``search.loss = name``."""
     return LOSSES[resolve_loss(name, model_kind, has_labels)]
+
+
+def primary_metric(metrics: dict[str, float]) -> float:
+    """The one number a ``heldout_metrics`` result is reported by: cosine, else accuracy, else agreement."""
+    return metrics.get("cosine", metrics.get("accuracy", metrics.get("agreement", float("nan"))))
 
 
 def heldout_metrics(

@@ -292,7 +292,7 @@ def load_baselines(run: Run) -> None:
 def heldout_metric(run: Run, levels: list[str], model=None) -> float:
     """The held-out metric of the model at ``levels`` (or of ``model``): mean cosine similarity to
     the dense embeddings for encoders, top-1 accuracy (or agreement with dense) for classifiers."""
-    from engine.losses import heldout_metrics
+    from engine.losses import heldout_metrics, primary_metric
 
     loaded, data = model_and_data(run)
     if not data.heldout:
@@ -313,5 +313,4 @@ def heldout_metric(run: Run, levels: list[str], model=None) -> float:
         shared.restore()
     else:
         candidate = outputs(model)
-    metrics = heldout_metrics(loaded.kind, candidate, run.state["heldout_dense"], labels)
-    return metrics.get("cosine", metrics.get("accuracy", metrics.get("agreement")))
+    return primary_metric(heldout_metrics(loaded.kind, candidate, run.state["heldout_dense"], labels))

@@ -192,6 +192,21 @@ def test_finetune_reaches_exact_levels_and_beats_one_shot(tuned):
     assert checkpoint.load_state(out)["done"] is True
 
 
+def test_distillation_targets_are_the_dense_outputs_kept_on_disk(tuned):
+    run_dir, _ = tuned
+    out = run_dir / "finetune-kl"
+    result = run_cli("finetune", run_dir, "--epochs", 2, "--loss", "kl", "--threads", 1, "--no-verify", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["training"]["loss"] == "kl"
+    from engine.data import digits_split
+    from engine.models import load_model
+
+    images, _ = digits_split(0)["train"]
+    with torch.no_grad():
+        dense = load_model(load_profile(run_dir / "profile.toml")).model(images)
+    torch.testing.assert_close(load_file(out / "teacher.safetensors")["outputs"], dense)
+
+
 def test_killed_finetune_resumes_to_bit_identical_weights(tuned):
     run_dir, _ = tuned
     killed = run_dir / "finetune-killed"

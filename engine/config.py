@@ -81,9 +81,15 @@ class HardwareConfig:
     threads: int = option(2, "CPU threads for timing and verification (torch and numba).", min=1)
     batch_size: int = option(16, "Batch size the speedup is measured and promised at.", min=1)
     timings: str = option("", "Use this timing table file instead of measuring (SPDY text or JSON).")
-    warmup: int = option(3, "Warm-up calls before timing a kernel.", min=0)
-    repeats: int = option(15, "Timed repeats per (layer, level); the median is kept.", min=3)
-    max_spread: float = option(0.15, "Re-measure a row whose relative IQR exceeds this.", min=0.0, min_exclusive=True)
+    warmup: int = option(3, "Warm-up calls per kernel before timing (in-model: a warm-up round of passes, skipped at 0).", min=0)
+    repeats: int = option(15, "Timed samples per (layer, level) (in-model: rounds of passes); the median is kept.", min=3)
+    max_spread: float = option(0.15, "Re-measure a (layer, level) whose relative IQR exceeds this.", min=0.0, min_exclusive=True)
+    layer_timing: str = option(
+        "alone",
+        "cpu: time each (layer, level) alone on its captured input, or inside forward passes of the whole model "
+        "(slower to measure; no more accurate end to end on this machine, see docs/benchmarks.md).",
+        choices=["alone", "in-model"],
+    )
     dtype: str = option(
         "float32",
         "Timing and verification dtype (cuda-2:4: float16 or bfloat16, the dtypes of the 2:4 kernels).",

@@ -24,11 +24,14 @@ EVAL_RATE_WINDOW = 50  # evaluations per second are measured over the latest thi
 
 @dataclass
 class Progress:
-    """A table being filled one (layer, level) cell at a time: the timing table or the database."""
+    """A table being filled (layer, level) cell by cell: the timing table or the database.
+
+    ``done`` / ``total`` count events (the in-model profiler sends one per sample, several per
+    cell); ``per_layer`` counts each layer's distinct levels seen."""
 
     done: int = 0
     total: int = 0
-    per_layer: dict[str, int] = field(default_factory=dict)  # cells finished per layer, in first-seen order
+    levels_seen: dict[str, set[str]] = field(default_factory=dict)  # layer -> levels, layers in first-seen order
     first_t: float | None = None
     first_done: int = 0  # ``done`` at first_t: a resumed run starts part way
     last_t: float | None = None
@@ -39,8 +42,12 @@ class Progress:
             self.first_t, self.first_done = t, done - 1
         self.last_t = t
         self.done, self.total = done, int(event.get("total", max(self.total, done)))
-        layer = str(event.get("layer", "?"))
-        self.per_layer[layer] = self.per_layer.get(layer, 0) + 1
+        self.levels_seen.setdefault(str(event.get("layer", "?")), set()).add(str(event.get("level", "?")))
+
+    @property
+    def per_layer(self) -> dict[str, int]:
+        """Distinct levels seen per layer, in first-seen order."""
+        return {layer: len(levels) for layer, levels in self.levels_seen.items()}
 
     def restart_clock(self) -> None:
         """A resumed run: measure the rate from its next event, not across the pause."""

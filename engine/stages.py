@@ -112,7 +112,7 @@ def stage_timings(run: Run) -> None:
         def progress(layer, level, seconds, done, total):
             run.log.emit("timing", layer=layer, level=level, seconds=seconds, done=done, total=total)
 
-        table = profile_cpu(loaded, timing_inputs(run), _timed_layers(run), run.profile.levels(), hardware, progress)
+        table = profile_cpu(loaded, timing_inputs(run), _timed_layers(run), run.profile.levels(), hardware, progress, seed=run.profile.run.seed)
     else:
         from engine.timing.cuda24 import profile_cuda24
 

@@ -40,7 +40,7 @@ def render_summary(path: Path, console: Console) -> None:
     console.print(f"[bold]{path}[/]")
     console.print(f"stages: {stages}")
     if state.timing.total:
-        console.print(f"timings: {state.timing.done}/{state.timing.total} (layer, level) cells measured")
+        console.print(f"timings: {state.timing.done}/{state.timing.total} measurements of {len(state.timing.per_layer)} layers")
     if state.database.total:
         console.print(f"database: {state.database.done}/{state.database.total} (layer, level) entries built")
     if state.evaluations:

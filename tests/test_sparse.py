@@ -66,14 +66,14 @@ def test_csr_round_trip_keeps_exact_nonzeros(panel_width):
     assert np.array_equal(csr.to_dense(), weight)
 
 
-def test_default_panels_hold_about_32_nonzeros_per_row_and_128_features():
+def test_default_panels_hold_about_20_nonzeros_per_row_and_128_features():
     def with_nonzeros_per_row(count: int) -> np.ndarray:
         weight = np.zeros((8, 768), np.float32)
         weight[:, :count] = 1.0
         return weight
 
     assert CSRWeight.from_dense(with_nonzeros_per_row(15)).indptr.shape[0] == 1  # 98%
-    assert CSRWeight.from_dense(with_nonzeros_per_row(77)).panel_width == 384  # 90%: 2 panels
+    assert CSRWeight.from_dense(with_nonzeros_per_row(77)).panel_width == 192  # 90%: 4 panels
     assert CSRWeight.from_dense(with_nonzeros_per_row(384)).panel_width == 128  # 50%: 128 wide
     assert CSRWeight.from_dense(np.zeros((4, 9), np.float32)).indptr.shape == (1, 5)
 

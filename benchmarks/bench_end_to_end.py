@@ -13,6 +13,9 @@ interleaved in one process, on the profile's timing batch and threads:
 It also reports the share of the dense time spent outside the prunable layers,
 (base - prunable) / base, from the run's timing table: no allocation can remove that part, so it
 bounds the reachable speedup at base / (base - prunable).  Prints a markdown table per run.
+With ``--magnitude`` each allocation is also built from the original weights pruned by magnitude,
+the stand-in the profiler times, and measured in the same rounds (its held-out and loss columns
+repeat the allocation's own).
 """
 
 from __future__ import annotations
@@ -51,7 +54,21 @@ def stitched_and_sparse(run, loaded, levels: dict[str, str]):
     return stitched, build_sparse_model(stitched, levels, run.state["table"].dense_baseline or "torch")
 
 
-def measure(run_dir: Path, repeats: int) -> str:
+def magnitude_build(dense_model, original, names: list[str], levels: list[str]):
+    """The profiler's stand-in for an allocation: the original weights pruned by magnitude to each
+    level, on our kernels, dense layers on the dense path (``engine.timing.cpu.layer_at_level``)."""
+    from engine.grid import DENSE
+    from engine.sparse.modules import replace_submodule
+    from engine.timing.cpu import layer_at_level
+
+    model = copy.deepcopy(dense_model)
+    for name, level in zip(names, levels):
+        if level != DENSE:
+            replace_submodule(model, name, layer_at_level(dense_model, original, name, level))
+    return model
+
+
+def measure(run_dir: Path, repeats: int, magnitude: bool = False) -> str:
     import torch
 
     from engine.timing.cpu import dense_paths
@@ -84,6 +101,8 @@ def measure(run_dir: Path, repeats: int) -> str:
         if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
             raise VerifyError(f"{run_dir}: {method}: sparse kernels disagree with the stitched model")
         models[method] = sparse
+        if magnitude:
+            models[f"{method} (magnitude)"] = magnitude_build(models["dense"], loaded.model, names, levels)
     stats = time_interleaved({method: (lambda m=model: run_model(m)) for method, model in models.items()},
                              warmup=3, repeats=repeats, max_spread=profile.hardware.max_spread)
     dense = stats["dense"]
@@ -97,11 +116,12 @@ def measure(run_dir: Path, repeats: int) -> str:
         "| method | predicted | measured (median) | measured IQR | sparse ms | held-out | calibration loss |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method in allocations:
+    for method in [key for key in models if key != "dense"]:
         s = stats[method]
+        source = method.removesuffix(" (magnitude)")
         lines.append(
-            f"| {method} | {predicted[method]:.3f}x | {dense.median / s.median:.3f}x | "
-            f"{dense.q1 / s.q3:.2f}-{dense.q3 / s.q1:.2f}x | {s.median * 1e3:.1f} | {heldout[method]:.4f} | {calibration[method]:.4f} |"
+            f"| {method} | {predicted[source]:.3f}x | {dense.median / s.median:.3f}x | "
+            f"{dense.q1 / s.q3:.2f}-{dense.q3 / s.q1:.2f}x | {s.median * 1e3:.1f} | {heldout[source]:.4f} | {calibration[source]:.4f} |"
         )
     return "\n".join(lines)
 
@@ -110,9 +130,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--magnitude", action="store_true",
+                        help="also time each allocation with the profiler's stand-in weights (magnitude-pruned originals)")
     args = parser.parse_args()
     for run_dir in args.run_dirs:
-        print(measure(run_dir, args.repeats), "\n", flush=True)
+        print(measure(run_dir, args.repeats, args.magnitude), "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
     from engine.grid import DENSE
     from engine.pipeline import Run
     from engine.sparse.modules import replace_submodule
-    from engine.stages import _timed_layers, model_and_data, timing_inputs
+    from engine.stages import model_and_data, timed_layers, timing_inputs
     from engine.timing.cpu import dense_paths, layer_at_level, profile_cpu, set_threads
     from engine.timing.measure import time_interleaved
     from engine.timing.table import load_table, save_table
@@ -58,7 +58,7 @@ def main() -> None:
     profile = load_profile(args.profile)
     run = Run(profile, Path("."), log=None)  # type: ignore[arg-type]
     loaded, _ = model_and_data(run)
-    inputs, layers, levels = timing_inputs(run), _timed_layers(run), profile.levels()
+    inputs, layers, levels = timing_inputs(run), timed_layers(run), profile.levels()
     set_threads(profile.hardware.threads)
     names = [layer.name for layer in layers]
 

@@ -81,12 +81,12 @@ def done_timings(run: Run) -> bool:
     from engine.environment import describe_environment
     from engine.timing.cpu import timing_fingerprint
 
-    shapes = {layer.name: list(layer.input_shape) for layer in _timed_layers(run)}
+    shapes = {layer.name: list(layer.input_shape) for layer in timed_layers(run)}
     expected = timing_fingerprint(describe_environment(), run.profile.hardware, shapes, run.profile.levels())
     return table.environment.get("fingerprint") == expected
 
 
-def _timed_layers(run: Run):
+def timed_layers(run: Run):
     """Layers with the input shapes of the timing batch (hardware.batch_size samples)."""
     from engine.models import trace_layers
 
@@ -112,11 +112,11 @@ def stage_timings(run: Run) -> None:
         def progress(layer, level, seconds, done, total):
             run.log.emit("timing", layer=layer, level=level, seconds=seconds, done=done, total=total)
 
-        table = profile_cpu(loaded, timing_inputs(run), _timed_layers(run), run.profile.levels(), hardware, progress, seed=run.profile.run.seed)
+        table = profile_cpu(loaded, timing_inputs(run), timed_layers(run), run.profile.levels(), hardware, progress, seed=run.profile.run.seed)
     else:
         from engine.timing.cuda24 import profile_cuda24
 
-        table = profile_cuda24(loaded, timing_inputs(run), _timed_layers(run), hardware, run.log)
+        table = profile_cuda24(loaded, timing_inputs(run), timed_layers(run), hardware, run.log)
     save_table(table, run.run_dir / "timings.json")
     run.state["table"] = table
     check_target(run)

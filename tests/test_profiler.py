@@ -44,6 +44,8 @@ def test_profile_cpu_measures_a_consistent_table(layer_timing):
     assert [event[3] for event in events] == list(range(1, len(events) + 1)) and events[-1][4] == len(events)
     if layer_timing == "in-model":
         assert table.environment["in_model"]["attempts"] == 1
+    else:  # the base is sampled between the layers: ceil(3 repeats / 4 layers) = 1 pass after each
+        assert table.environment["base"]["repeats"] == 4 and table.base == table.environment["base"]["median"]
 
 
 def test_a_table_without_the_dense_level_still_counts_dense_time_as_prunable():

@@ -9,7 +9,8 @@ Each layer runs
 fed the input it really sees (``hardware.batch_size`` real samples), and is timed either alone on
 its captured input, levels interleaved (``engine.timing.measure``, the default), or inside forward
 passes of the whole model (``engine.timing.in_model``).  ``base`` is the dense model end to
-end on the fastest dense path, and ``prunable`` the sum of the layers' dense times, so
+end on the fastest dense path (sampled between the layers, or in the in-model passes, so over the
+same minutes as them), and ``prunable`` the sum of the layers' dense times, so
 
     predicted_time = base - prunable + sum_l t[l][level_l]
 
@@ -19,6 +20,7 @@ counts everything outside the pruned layers (attention, norms, GELU, embeddings)
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Callable
 
 import torch
@@ -31,7 +33,7 @@ from engine.sparse.csr import KERNEL_VERSION
 from engine.sparse.dense import densify_fast, onednn_available
 from engine.sparse.modules import SparseConv2d, SparseLinear
 from engine.timing.in_model import switched_model, time_in_model
-from engine.timing.measure import time_interleaved
+from engine.timing.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
 
 Progress = Callable[[str, str, float, int, int], None]
@@ -118,8 +120,8 @@ def profile_cpu(
     names = [layer.name for layer in layers]
     dense_name, dense_model, end_to_end = choose_dense_path(loaded, example_inputs, names, hardware)
     if getattr(hardware, "layer_timing", "alone") == "alone":
-        stats, extra = _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress), {}
-        base = end_to_end[dense_name]["median"]
+        stats, base_stats = _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress)
+        base, extra = base_stats.median, {"base": base_stats.to_json()}
     else:
         stats, base, extra = _time_in_model(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, seed)
     rows = [LayerTimes(name, tuple(levels), tuple(stats[name][level].median for level in levels)) for name in names]
@@ -143,11 +145,18 @@ def profile_cpu(
     return TimingTable(base, prunable, rows, backend="cpu", dense_baseline=dense_name, environment=environment, warnings=warnings)
 
 
-def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress):
-    """Each layer alone on the input it sees in the model, its levels interleaved."""
+def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress) -> tuple[dict, Stats]:
+    """Each layer alone on the input it sees in the model, its levels interleaved; and the base.
+
+    The base (the dense model end to end) is sampled between the layers, ``ceil(repeats / layers)``
+    passes after each, so that it is measured over the same minutes as the layers: on a shared
+    machine the speed drifts over minutes (MiniLM's dense model measured 253-318 ms in five runs
+    within three minutes), and a base taken in one burst before the layers can be off by 10% while
+    the layers' sum is not (docs/benchmarks.md)."""
     inputs = capture_inputs(lambda: _forward(loaded, dense_model, example_inputs), dense_model, names)
     total, done = len(names) * len(levels), 0
-    stats = {}
+    stats, base_samples = {}, []
+    passes_per_layer = -(-hardware.repeats // max(1, len(names)))
     for name in names:
         x = inputs[name]
         variants = {
@@ -156,11 +165,15 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
         }
         with torch.no_grad():
             stats[name] = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread)
+        for _ in range(passes_per_layer):
+            started = time.perf_counter()
+            _forward(loaded, dense_model, example_inputs)
+            base_samples.append(time.perf_counter() - started)
         for level in levels:
             done += 1
             if on_progress is not None:
                 on_progress(name, level, stats[name][level].median, done, total)
-    return stats
+    return stats, summarise(base_samples)
 
 
 def _time_in_model(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, seed):

@@ -299,3 +299,13 @@ def test_swapped_modules_survive_deepcopy():
         hidden = clone[:3](x)
         assert torch.equal(hidden, model[:3](x))
         assert torch.equal(clone[3](hidden[:, :, None, None]), model[3](hidden[:, :, None, None]))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 384, 1536])
+def test_tile_buffers_start_on_a_cache_line(rows):
+    """Kernel buffers are 64-byte aligned whatever the allocator returns (vector loads never split)."""
+    from engine.sparse.csr import TILE_TOKENS, _aligned_empty
+
+    for _ in range(20):  # many allocations, so some land off a 64-byte boundary in NumPy's hands
+        buffer = _aligned_empty(rows, TILE_TOKENS)
+        assert buffer.ctypes.data % 64 == 0 and buffer.shape == (rows, TILE_TOKENS) and buffer.flags.c_contiguous

@@ -54,24 +54,10 @@ def stitched_and_sparse(run, loaded, levels: dict[str, str]):
     return stitched, build_sparse_model(stitched, levels, run.state["table"].dense_baseline or "torch")
 
 
-def magnitude_build(dense_model, original, names: list[str], levels: list[str]):
-    """The profiler's stand-in for an allocation: the original weights pruned by magnitude to each
-    level, on our kernels, dense layers on the dense path (``engine.timing.cpu.layer_at_level``)."""
-    from engine.grid import DENSE
-    from engine.sparse.modules import replace_submodule
-    from engine.timing.cpu import layer_at_level
-
-    model = copy.deepcopy(dense_model)
-    for name, level in zip(names, levels):
-        if level != DENSE:
-            replace_submodule(model, name, layer_at_level(dense_model, original, name, level))
-    return model
-
-
 def measure(run_dir: Path, repeats: int, magnitude: bool = False) -> str:
     import torch
 
-    from engine.timing.cpu import dense_paths
+    from engine.timing.cpu import dense_paths, stand_in_model
     from engine.timing.measure import time_interleaved
     from engine.verify import VerifyError
 
@@ -102,7 +88,7 @@ def measure(run_dir: Path, repeats: int, magnitude: bool = False) -> str:
             raise VerifyError(f"{run_dir}: {method}: sparse kernels disagree with the stitched model")
         models[method] = sparse
         if magnitude:
-            models[f"{method} (magnitude)"] = magnitude_build(models["dense"], loaded.model, names, levels)
+            models[f"{method} (magnitude)"] = stand_in_model(models["dense"], loaded.model, dict(zip(names, levels)))
     stats = time_interleaved({method: (lambda m=model: run_model(m)) for method, model in models.items()},
                              warmup=3, repeats=repeats, max_spread=profile.hardware.max_spread)
     dense = stats["dense"]

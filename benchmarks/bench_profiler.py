@@ -36,14 +36,12 @@ def main() -> None:
     import torch
 
     from engine.baselines import uniform
-    from engine.budget import make_problem, prior_costs
+    from engine.budget import make_problem, prior_costs, scaled_costs
     from engine.config import load_profile
     from engine.dp import InfeasibleTarget
-    from engine.grid import DENSE
     from engine.pipeline import Run
-    from engine.sparse.modules import replace_submodule
     from engine.stages import model_and_data, timed_layers, timing_inputs
-    from engine.timing.cpu import dense_paths, layer_at_level, profile_cpu, set_threads
+    from engine.timing.cpu import dense_paths, profile_cpu, set_threads, stand_in_model
     from engine.timing.measure import time_interleaved
     from engine.timing.table import load_table, save_table
 
@@ -86,11 +84,8 @@ def main() -> None:
             except InfeasibleTarget:
                 continue
             prior = prior_costs(problem.levels, problem.times.shape[1])
-            finite = np.isfinite(prior)
             for index in range(args.random):
-                c = rng.uniform(0, 1, len(names))[:, None]
-                costs = np.multiply(c, prior, out=np.full_like(prior, np.inf), where=finite)
-                candidates[f"random {index + 1}"] = problem.solve(costs)
+                candidates[f"random {index + 1}"] = problem.solve(scaled_costs(prior, rng.uniform(0, 1, len(names))))
             for how, allocation in candidates.items():
                 found.setdefault(tuple(allocation.levels), []).append(f"{mode} {target:g}x {how}")
 
@@ -98,11 +93,7 @@ def main() -> None:
     dense_model = dense_paths(copy.deepcopy(loaded.model), names, only=dense_name)[dense_name].eval()
     models = {"dense": dense_model}
     for index, allocation in enumerate(found):
-        model = copy.deepcopy(dense_model)
-        for name, level in zip(names, allocation):
-            if level != DENSE:
-                replace_submodule(model, name, layer_at_level(dense_model, loaded.model, name, level))
-        models[index] = model
+        models[index] = stand_in_model(dense_model, loaded.model, dict(zip(names, allocation)))
 
     def forward(model):
         with torch.no_grad():
@@ -124,7 +115,7 @@ def main() -> None:
     for index, (allocation, how) in enumerate(found.items()):
         s = stats[index]
         measured = dense / s.median
-        predicted = {mode: _predicted(table, allocation) for mode, table in tables.items()}
+        predicted = {mode: table.base / table.predicted_time(list(allocation)) for mode, table in tables.items()}
         for mode in tables:
             if any(entry.startswith(mode + " ") for entry in how):
                 ratios[mode].append(measured / predicted[mode])
@@ -134,12 +125,6 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for mode, values in ratios.items():
         print(f"| {mode} | {len(values)} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
-
-
-def _predicted(table, allocation) -> float:
-    """The table's predicted speedup of ``allocation`` (one level per layer, table order)."""
-    layers = sum(row.seconds_at(level) for row, level in zip(table.layers, allocation))
-    return table.base / (table.base - table.prunable + layers)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ def prior_costs(levels: list[list[str]], width: int | None = None) -> np.ndarray
     return costs
 
 
+def scaled_costs(prior: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """costs[l, i] = scale[l] * prior[l, i]; a level a layer lacks stays inf (0 * inf would be NaN)."""
+    return np.multiply(scale[:, None], prior, out=np.full_like(prior, np.inf), where=np.isfinite(prior))
+
+
 def match_layers(names: list[str], patterns: list[str] | tuple[str, ...], what: str = "skip") -> list[bool]:
     """Which names match any pattern (exact name or glob); a pattern matching nothing is an error."""
     hits = [False] * len(names)

@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from engine.budget import Allocation, Problem, prior_costs
+from engine.budget import Allocation, Problem, prior_costs, scaled_costs
 
 
 class Scorer(Protocol):
@@ -102,9 +102,7 @@ class Search:
         """The DP allocation for coefficients c (one per searchable layer; others keep cost 0)."""
         scale = np.zeros(len(self.problem.levels))
         scale[self.searchable] = c
-        finite = np.isfinite(self.prior)  # a level a layer lacks stays inf (0 * inf would be NaN)
-        costs = np.multiply(scale[:, None], self.prior, out=np.full_like(self.prior, np.inf), where=finite)
-        return self.problem.solve(costs, self.settings.buckets)
+        return self.problem.solve(scaled_costs(self.prior, scale), self.settings.buckets)
 
     def _score_batch(self, candidates: list[np.ndarray], phase: str, k: int) -> bool:
         """Score candidates in order against the running best; True if one improved it.

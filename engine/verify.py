@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from engine.grid import DENSE
+from engine.sparse.modules import replace_submodule
 from engine.timing.cpu import dense_paths, set_threads, sparse_module
 from engine.timing.measure import time_interleaved
 
@@ -32,9 +33,7 @@ def build_sparse_model(final: nn.Module, levels: dict[str, str], dense_baseline:
     model = dense_paths(copy.deepcopy(final), dense_names, only=dense_baseline)[dense_baseline]
     for name, level in levels.items():
         if level != DENSE:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, sparse_module(final.get_submodule(name)))
+            replace_submodule(model, name, sparse_module(final.get_submodule(name)))
     return model.eval()
 
 

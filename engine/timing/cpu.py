@@ -31,12 +31,10 @@ from engine.grid import DENSE, level_sparsity
 from engine.masks import magnitude_mask
 from engine.sparse.csr import KERNEL_VERSION
 from engine.sparse.dense import densify_fast, onednn_available
-from engine.sparse.modules import SparseConv2d, SparseLinear
-from engine.timing.in_model import switched_model, time_in_model
+from engine.sparse.modules import SparseConv2d, SparseLinear, replace_submodule
+from engine.timing.in_model import Progress, switched_model, time_in_model
 from engine.timing.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
-
-Progress = Callable[[str, str, float, int, int], None]
 
 
 def set_threads(threads: int) -> None:
@@ -160,8 +158,7 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
     for name in names:
         x = inputs[name]
         variants = {
-            level: (lambda m=layer_at_level(dense_model, loaded.model, name, level): m(x))
-            for level in sorted(set(levels) | {DENSE})
+            level: (lambda m=layer_at_level(dense_model, loaded.model, name, level): m(x)) for level in _with_dense(levels)
         }
         with torch.no_grad():
             stats[name] = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread)
@@ -179,16 +176,21 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
 def _time_in_model(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, seed):
     """Every level of every layer inside forward passes of the model (``engine.timing.in_model``)."""
     model = copy.deepcopy(dense_model)
-    all_levels = list(levels) if DENSE in levels else [DENSE, *levels]
+    timed = _with_dense(levels)
     switches = switched_model(
-        model, {name: {level: layer_at_level(dense_model, loaded.model, name, level) for level in all_levels} for name in names}
+        model, {name: {level: layer_at_level(dense_model, loaded.model, name, level) for level in timed} for name in names}
     )
     measured = time_in_model(
-        lambda m: loaded.run_model(m, example_inputs), model, switches, all_levels,
+        lambda m: loaded.run_model(m, example_inputs), model, switches, timed,
         rounds=hardware.repeats, max_spread=hardware.max_spread, seed=seed, warmup=hardware.warmup > 0,
         on_progress=on_progress,
     )
     return measured.cells, measured.base.median, {"in_model": measured.summary()}
+
+
+def _with_dense(levels: list[str]) -> list[str]:
+    """The levels to time: ``levels`` and dense, always (prunable is the sum of the dense times)."""
+    return list(levels) if DENSE in levels else [DENSE, *levels]
 
 
 def layer_at_level(dense_model: nn.Module, original: nn.Module, name: str, level: str) -> nn.Module:
@@ -203,19 +205,30 @@ def layer_at_level(dense_model: nn.Module, original: nn.Module, name: str, level
     return sparse_module(pruned)
 
 
+def stand_in_model(dense_model: nn.Module, original: nn.Module, levels: dict[str, str]) -> nn.Module:
+    """An allocation as the profiler times it: a copy of ``dense_model`` with every layer at a sparse
+    level replaced by ``layer_at_level`` (magnitude-pruned original weights on our kernels)."""
+    model = copy.deepcopy(dense_model)
+    for name, level in levels.items():
+        if level != DENSE:
+            replace_submodule(model, name, layer_at_level(dense_model, original, name, level))
+    return model
+
+
 def timing_fingerprint(environment: dict, hardware, shapes: dict, levels: list[str]) -> str:
     """What a cached table must match to be reused: machine, libraries, threads, shapes, levels,
     on the CPU our kernels' version, and the backend, CUDA graphs and in-model layer timing where
     they differ from what tables were first measured with (cpu, off, alone)."""
     extra = {}
-    if getattr(hardware, "backend", "cpu") != "cpu":
-        extra["backend"] = hardware.backend
-    if getattr(hardware, "cuda_graphs", False):
-        extra["cuda_graphs"] = True
-    if getattr(hardware, "backend", "cpu") == "cpu":
+    backend = getattr(hardware, "backend", "cpu")
+    if backend != "cpu":
+        extra["backend"] = backend
+    else:
         extra["kernel"] = KERNEL_VERSION
         if getattr(hardware, "layer_timing", "alone") != "alone":
             extra["layer_timing"] = hardware.layer_timing
+    if getattr(hardware, "cuda_graphs", False):
+        extra["cuda_graphs"] = True
     return fingerprint(
         environment, threads=hardware.threads, batch=hardware.batch_size, dtype=hardware.dtype, shapes=shapes,
         levels=levels, **extra,

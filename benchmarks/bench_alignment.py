@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_alignment.py [--threads 1]
 
-The token-major kernel of ``engine.sparse.csr`` is rebuilt here with its tile and block buffers
+The token-major kernel of ``engine.runtime.csr`` is rebuilt here with its tile and block buffers
 placed ``shift`` floats past a 64-byte boundary (0 = aligned, 4 = 16 bytes off, 8 = 32 bytes off)
 and timed interleaved with the shipped kernel (which aligns them) on a few shapes (in x out,
 sparsity, tokens), one process; prints the median ms of each.
@@ -24,10 +24,10 @@ def main() -> None:
     import torch
     from numba import njit, prange
 
-    from engine.masks import magnitude_mask
-    from engine.sparse import csr
-    from engine.timing.cpu import set_threads
-    from engine.timing.measure import time_interleaved
+    from engine.core.masks import magnitude_mask
+    from engine.runtime import csr
+    from engine.runtime.execution import set_threads
+    from engine.core.measure import time_interleaved
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)

@@ -4,7 +4,7 @@
         [--shapes 384x1536 ...] [--repeats 30] [--warmup 5] [--batch 256] [--seq-len 128] [--no-e2e] [--quick]
 
 Part 1, for each layer shape (in x out) and token count: y = x W^T + b with W magnitude-pruned to
-2:4, in ``--dtype``, timed with CUDA events in rotated interleaved rounds (engine.timing.measure
+2:4, in ``--dtype``, timed with CUDA events in rotated interleaved rounds (engine.core.measure
 with engine.timing.cuda_events), after a warm-up:
 
     dense              F.linear (cuBLAS)
@@ -75,8 +75,8 @@ def two_four_linear(n_in: int, n_out: int, dtype):
     import torch
     from torch import nn
 
-    from engine.grid import NM
-    from engine.masks import nm_mask
+    from engine.core.grid import NM
+    from engine.core.masks import nm_mask
 
     generator = torch.Generator().manual_seed(n_in * 7919 + n_out)
     layer = nn.Linear(n_in, n_out)
@@ -90,9 +90,9 @@ def two_four_linear(n_in: int, n_out: int, dtype):
 def measure_shape(n_in: int, n_out: int, tokens: int, dtype, args: argparse.Namespace) -> dict:
     import torch
 
-    from engine.sparse.semi24 import Semi24Kernels
+    from engine.runtime.semi24 import Semi24Kernels
     from engine.timing.cuda_events import CudaEventTimer, calls_for, estimate_seconds
-    from engine.timing.measure import time_interleaved
+    from engine.core.measure import time_interleaved
 
     layer = two_four_linear(n_in, n_out, dtype)
     x = torch.randn(tokens, n_in, device="cuda", dtype=dtype)
@@ -144,11 +144,12 @@ def shape_markdown(rows: list[dict], dtype: str) -> str:
 def minilm_end_to_end(args: argparse.Namespace, out: Path) -> dict:
     import torch
 
-    from engine.config import HardwareConfig, from_dict
-    from engine.grid import DENSE, NM
-    from engine.masks import nm_mask
-    from engine.models import load_model, trace_layers
-    from engine.timing.cuda24 import profile_cuda24, verify_cuda24
+    from engine.core.profile import HardwareConfig, from_dict
+    from engine.core.grid import DENSE, NM
+    from engine.core.masks import nm_mask
+    from engine.model.sources import load_model, trace_layers
+    from engine.backends.cuda24 import verify_cuda24
+    from engine.timing.cuda24 import profile_cuda24
     from engine.timing.table import save_table
 
     loaded = load_model(from_dict({}))
@@ -202,7 +203,7 @@ def end_to_end_markdown(e2e: dict, dtype: str) -> str:
 
 def main() -> int:
     args = parse_args()
-    from engine.sparse.semi24 import unavailable_reason
+    from engine.runtime.semi24 import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -210,8 +211,8 @@ def main() -> int:
         return 2
     import torch
 
-    from engine.environment import describe_environment
-    from engine.sparse.semi24 import DTYPES, Semi24Kernels
+    from engine.core.environment import describe_environment
+    from engine.runtime.semi24 import DTYPES, Semi24Kernels
 
     if args.quick:
         args.tokens, args.repeats, args.warmup, args.batch = [2048], 10, 2, 32

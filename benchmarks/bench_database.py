@@ -44,7 +44,7 @@ def mean_error(errors: dict[str, dict[str, float]], layers: list[str], levels: l
 
 
 def build(method: str, loaded, calibration, layers, levels, profile, scratch: Path) -> dict:
-    from engine.database import build_database
+    from engine.database.store import build_database
 
     config = dataclasses.replace(profile.database, method=method)
     directory = scratch / method
@@ -75,10 +75,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench_database.md"))
     args = parser.parse_args()
 
-    from engine.config import load_profile
-    from engine.data import build_data
-    from engine.grid import level_sparsity
-    from engine.models import load_model, trace_layers
+    from engine.core.profile import load_profile
+    from engine.model.data import build_data
+    from engine.core.grid import level_sparsity
+    from engine.model.sources import load_model, trace_layers
 
     profile = load_profile(PROFILE)
     data_settings = dataclasses.replace(profile.data, calibration_samples=args.samples, seq_len=args.seq_len)
@@ -135,7 +135,7 @@ times are upper bounds of an idle machine's; CPU time (all threads of this proce
 
 Model: MiniLM (all-MiniLM-L6-v2), {len(layers)} encoder Linear layers (the pooler is not loaded),
 {len(levels)} levels (dense + {len(sparse)} geometric 0.40 ... 0.99).  Calibration: {samples} samples of
-{profile.data.seq_len} tokens from the Python stdlib docstrings (`engine.data`, source
+{profile.data.seq_len} tokens from the Python stdlib docstrings (`engine.model.data`, source
 `stdlib-docstrings`), {real_tokens} real tokens after dropping padding.  Settings: obs damp
 {settings.damp}, block {settings.block_size}; adaprune {settings.passes} passes, batch {settings.batch_size},
 lr {settings.lr}.  adaprune builds the layers of the first {args.adaprune_blocks} block(s) only; its

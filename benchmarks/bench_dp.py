@@ -30,8 +30,8 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    from engine import dp  # noqa: E402  (import time is part of nothing we report)
-    from engine.budget import make_problem, prior_costs
+    from engine.search import dp  # noqa: E402  (import time is part of nothing we report)
+    from engine.search.budget import make_problem, prior_costs
     from engine.timing.table import load_table
 
     table = load_table(args.table)

@@ -22,47 +22,41 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 
 def open_finished_run(run_dir: Path):
     """(run, result, loaded model, timing inputs) of a finished run, threads set as profiled."""
-    from engine.config import load_profile
-    from engine.pipeline import Run
-    from engine.stages import load_database, load_timings, model_and_data, timing_inputs
-    from engine.timing.cpu import set_threads
+    from engine.export.result import read_result
+    from engine.run.context import RunContext
+    from engine.runtime.execution import set_threads
 
-    profile = load_profile(run_dir / "profile.toml")
-    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
-    load_timings(run)
-    load_database(run)
-    loaded, _ = model_and_data(run)
-    set_threads(profile.hardware.threads)
-    return run, json.loads((run_dir / "result.json").read_text()), loaded, timing_inputs(run)
+    run = RunContext.from_dir(run_dir)
+    set_threads(run.profile.hardware.threads)
+    return run, read_result(run_dir), run.loaded, run.timing_inputs()
 
 
 def stitched_and_sparse(run, loaded, levels: dict[str, str]):
     """The model stitched at ``levels`` from the run's database, and its sparse-kernel build."""
-    from engine.stages import stitcher
-    from engine.verify import build_sparse_model
+    from engine.backends.cpu import build_sparse_model
 
-    shared = stitcher(run)
+    shared = run.stitcher
     shared.apply(levels)
     stitched = copy.deepcopy(loaded.model).eval()
     shared.restore()
-    return stitched, build_sparse_model(stitched, levels, run.state["table"].dense_baseline or "torch")
+    return stitched, build_sparse_model(stitched, levels, run.table.dense_baseline or "torch")
 
 
 def measure(run_dir: Path, repeats: int, magnitude: bool = False) -> str:
     import torch
 
-    from engine.timing.cpu import dense_paths, stand_in_model
-    from engine.timing.measure import time_interleaved
-    from engine.verify import VerifyError
+    from engine.backends.verify import VerifyError
+    from engine.core.measure import time_interleaved
+    from engine.runtime.execution import dense_paths
+    from engine.timing.cpu import stand_in_model
 
     run, result, loaded, inputs = open_finished_run(run_dir)
-    profile, table = run.profile, run.state["table"]
+    profile, table = run.profile, run.table
     names = loaded.layer_names
     allocations = {"SPDY": [row["level"] for row in result["layers"]]}
     predicted = {"SPDY": result["predicted_speedup"]}

@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from bench_end_to_end import open_finished_run, stitched_and_sparse
 
-    from engine.grid import DENSE
-    from engine.timing.cpu import dense_paths
+    from engine.core.grid import DENSE
+    from engine.runtime.execution import dense_paths
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="print every layer, not only those off by > 5%% and 0.1 ms")
     args = parser.parse_args()
     run, result, loaded, inputs = open_finished_run(args.run_dir)
-    profile, table = run.profile, run.state["table"]
+    profile, table = run.profile, run.table
     levels = {row["name"]: row["level"] for row in result["layers"]}
     names = loaded.layer_names
     models = {

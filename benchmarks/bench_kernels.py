@@ -7,14 +7,14 @@ For each layer shape (in x out) and sparsity, a random weight is magnitude-prune
 sparsity and y = x @ W^T + b is timed, fp32, on ``--tokens`` token-major rows, by
 
     F.linear         dense, MKL sgemm
-    oneDNN           dense, oneDNN GEMM on dense tensors, weight packed once (engine.sparse.dense)
+    oneDNN           dense, oneDNN GEMM on dense tensors, weight packed once (engine.runtime.dense)
     oneDNN+convert   dense, torch.utils.mkldnn style: x.to_mkldnn(), mkldnn_linear, .to_dense()
     oneDNN GEMM only dense, input converted beforehand, output left in mkldnn layout: a reference
                      for the GEMM alone, which no model with dense activations gets (never "best")
-    Numba CSR        engine.sparse.SparseLinear(backend="numba"), the tiled token-major kernel
-    torch CSR        engine.sparse.SparseLinear(backend="torch-csr"), torch.addmm on a CSR tensor
+    Numba CSR        engine.runtime.SparseLinear(kernel="numba"), the tiled token-major kernel
+    torch CSR        engine.runtime.SparseLinear(kernel="torch-csr"), torch.addmm on a CSR tensor
 
-All six run interleaved in rotated order (engine.timing.measure), after a warm-up, and each is
+All six run interleaved in rotated order (engine.core.measure), after a warm-up, and each is
 reported as its median with the relative interquartile range.  Speedups are ratios of medians
 against oneDNN and against the best dense path a model could run (min of the first three).  The
 CPU time other processes took during a row is recorded; before each attempt the benchmark waits
@@ -108,9 +108,9 @@ def measure_row(n_in: int, n_out: int, sparsity: float, args: argparse.Namespace
     import torch
     from torch import nn
 
-    from engine.sparse import SparseLinear, dense_linear_paths
-    from engine.sparse.dense import onednn_compute_only
-    from engine.timing.measure import time_interleaved
+    from engine.runtime import SparseLinear, dense_linear_paths
+    from engine.runtime.dense import onednn_compute_only
+    from engine.core.measure import time_interleaved
 
     generator = torch.Generator().manual_seed(n_in * 7919 + n_out)
     layer = nn.Linear(n_in, n_out)
@@ -183,8 +183,8 @@ def main() -> None:
     import numba
     import torch
 
-    from engine.environment import describe_environment
-    from engine.sparse.dense import onednn_available
+    from engine.core.environment import describe_environment
+    from engine.runtime.dense import onednn_available
 
     if not onednn_available():
         sys.exit("this torch build has no oneDNN linear; the baseline would be incomplete")

@@ -4,7 +4,7 @@
         [--sparsities 0.6 0.8 0.9 0.95 0.98] [--aims 32 20 16] [--threads 2] [--tokens 2048]
 
 For each shape (in x out) and sparsity, a random weight pruned by magnitude is stored as column
-panels sized, for each aim a, by the rule of ``engine.sparse.csr.CSRWeight.from_dense``
+panels sized, for each aim a, by the rule of ``engine.runtime.csr.CSRWeight.from_dense``
 (panel width ~ max(128, a / density), rounded to equal panels), plus fixed 192-wide panels; all run
 interleaved with oneDNN's dense GEMM (``OneDNNLinear``), and each prints its speedup over oneDNN
 (ratio of medians).  Aims that give the same panel width are timed once.
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def panel_width(features: int, density: float, aim: float) -> int:
     """The width CSRWeight.from_dense picks when aiming at ``aim`` non-zeros per row and panel."""
-    from engine.sparse.csr import MIN_PANEL_WIDTH
+    from engine.runtime.csr import MIN_PANEL_WIDTH
 
     target = max(MIN_PANEL_WIDTH, aim / max(density, 1e-9))
     return -(-features // max(1, round(features / target)))
@@ -31,11 +31,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from engine.masks import magnitude_mask
-    from engine.sparse.csr import CSRWeight, spmm
-    from engine.sparse.dense import OneDNNLinear
-    from engine.timing.cpu import set_threads
-    from engine.timing.measure import time_interleaved
+    from engine.core.masks import magnitude_mask
+    from engine.runtime.csr import CSRWeight, spmm
+    from engine.runtime.dense import OneDNNLinear
+    from engine.runtime.execution import set_threads
+    from engine.core.measure import time_interleaved
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["768x3072", "3072x768", "384x1536", "1536x384"])

@@ -35,14 +35,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from engine.baselines import uniform
-    from engine.budget import make_problem, prior_costs, scaled_costs
-    from engine.config import load_profile
-    from engine.dp import InfeasibleTarget
-    from engine.pipeline import Run
-    from engine.stages import model_and_data, timed_layers, timing_inputs
-    from engine.timing.cpu import dense_paths, profile_cpu, set_threads, stand_in_model
-    from engine.timing.measure import time_interleaved
+    from engine.search.baselines import uniform
+    from engine.search.budget import make_problem, prior_costs, scaled_costs
+    from engine.core.profile import load_profile
+    from engine.search.dp import InfeasibleTarget
+    from engine.run.context import RunContext
+    from engine.runtime.execution import dense_paths, set_threads
+    from engine.timing.cpu import profile_cpu, stand_in_model
+    from engine.core.measure import time_interleaved
     from engine.timing.table import load_table, save_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,9 +54,9 @@ def main() -> None:
     args = parser.parse_args()
 
     profile = load_profile(args.profile)
-    run = Run(profile, Path("."), log=None)  # type: ignore[arg-type]
-    loaded, _ = model_and_data(run)
-    inputs, layers, levels = timing_inputs(run), timed_layers(run), profile.levels()
+    run = RunContext(profile, Path("."))
+    loaded = run.loaded
+    inputs, layers, levels = run.timing_inputs(), run.timed_layers, profile.levels()
     set_threads(profile.hardware.threads)
     names = [layer.name for layer in layers]
 

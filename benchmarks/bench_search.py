@@ -47,59 +47,50 @@ def with_flags(profile, flags: dict):
 
 
 def run_variant(run_dir: Path, flags: dict, inits: int, window: int):
-    from engine.config import load_profile
-    from engine.pipeline import Run
-    from engine.search import Search, SearchSettings
-    from engine.stages import load_database, load_timings, problem, scorer_for
+    from engine.core.profile import load_profile
+    from engine.run.context import RunContext
+    from engine.search.spdy import Search, SearchSettings
 
     profile = with_flags(load_profile(run_dir / "profile.toml"), flags)
     search = profile.search
-    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
-    load_timings(run)
-    load_database(run)
-    the_problem = problem(run)
+    run = RunContext(profile, run_dir)
+    the_problem = run.problem()
     settings = SearchSettings(inits, window, search.layer_fraction, search.buckets, batch=search.workers, seed=profile.run.seed)
     if search.workers > 1:  # workers read profile.toml themselves, so hand them the flags too
         scorer = _pooled_with_flags(run_dir, flags, search.workers, profile.hardware.threads)
     else:
-        scorer = scorer_for(run)
+        scorer = run.scorer()
     started = time.perf_counter()
     result = Search(the_problem, scorer, settings).run()
     seconds = time.perf_counter() - started
-    if hasattr(scorer, "close"):
+    if hasattr(scorer, "close"):  # the pooled scorer's workers
         scorer.close()
     return result, seconds
 
 
 def _pooled_with_flags(run_dir: Path, flags: dict, workers: int, threads: int):
-    from engine.pool import PooledScorer
+    from engine.executors.processes import PooledScorer
 
     return PooledScorer(_build_with_flags, (str(run_dir), flags), workers, max(1, threads // workers))
 
 
 def _build_with_flags(run_dir: str, flags: dict):
-    from engine.config import load_profile
-    from engine.pipeline import Run
-    from engine.stages import load_database, scorer_for
+    from engine.core.profile import load_profile
+    from engine.run.context import RunContext
 
     profile = with_flags(load_profile(Path(run_dir) / "profile.toml"), flags)
-    run = Run(profile, Path(run_dir), log=None)  # type: ignore[arg-type]
-    load_database(run)
-    return scorer_for(run)
+    return RunContext(profile, Path(run_dir)).scorer()
 
 
 def replay(run_dir: Path, flags: dict, events: list[dict], start_best: list[str]) -> float:
     """Seconds to score ``events`` in order with the variant's scorer (see the module docstring)."""
     import math
 
-    from engine.config import load_profile
-    from engine.pipeline import Run
-    from engine.stages import load_database, scorer_for
+    from engine.core.profile import load_profile
+    from engine.run.context import RunContext
 
     profile = with_flags(load_profile(run_dir / "profile.toml"), flags)
-    run = Run(profile, run_dir, log=None)  # type: ignore[arg-type]
-    load_database(run)
-    scorer = scorer_for(run)
+    scorer = RunContext(profile, run_dir).scorer()
     scorer.accept(start_best)
     started = time.perf_counter()
     for previous, event in zip(events, events[1:]):
@@ -111,9 +102,10 @@ def replay(run_dir: Path, flags: dict, events: list[dict], start_best: list[str]
 
 
 def main_replay(run_dir: Path, count: int, names: list[str]) -> None:
-    from engine.pipeline import logged_evaluations
+    from engine.run.context import RunContext
+    from engine.run.stages.search import logged_evaluations
 
-    logged = logged_evaluations(run_dir)
+    logged = logged_evaluations(RunContext.from_dir(run_dir))
     window = logged[-count - 1 :]
     accepted_before = [event for event in logged[: len(logged) - len(window) + 1] if event["accepted"]]
     start_best = accepted_before[-1]["levels"]

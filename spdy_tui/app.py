@@ -22,8 +22,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, ListItem, ListView
 from textual.worker import get_current_worker
 
-from engine.events import Follower
-from engine.runlog import RunState
+from engine.core.events import Follower
+from engine.run.runlog import RunState
 from spdy_tui.launch import RunProcess, new_run_dir, start_run
 from spdy_tui.panes import AlertPane, AllocationPane, LossPlot, OutcomePane, ProgressPane, StatePane, StatusPane
 

@@ -52,8 +52,8 @@ def solve(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Solve the DP once on a timing table: the least-cost allocation within the speedup budget."""
-    from engine import dp
-    from engine.budget import make_problem
+    from engine.search import dp
+    from engine.search.budget import make_problem
     from engine.timing.table import TableError, load_table
 
     try:
@@ -118,7 +118,7 @@ def _read_costs(path: Path, problem) -> "object":
 @app.command()
 def check(profile: Path = typer.Argument(..., help="TOML profile to validate.")) -> None:
     """Validate a profile and print it with every default filled in."""
-    from engine.config import ProfileError, load_profile, to_toml
+    from engine.core.profile import ProfileError, load_profile, to_toml
 
     try:
         resolved = load_profile(profile)
@@ -132,7 +132,7 @@ def check(profile: Path = typer.Argument(..., help="TOML profile to validate."))
 @app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Versions, CPU, threads and GPU: a block to paste into bug reports."""
-    from engine.environment import describe_environment
+    from engine.core.environment import describe_environment
 
     info = describe_environment()
     if as_json:
@@ -147,12 +147,15 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
 # ---------------------------------------------------------------------------- runs
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug."""
-    from engine.config import ProfileError
-    from engine.pipeline import RunError
+    from engine.core.errors import RunError
+    from engine.core.profile import ProfileError
     from engine.timing.table import TableError
 
     errors: list[type[Exception]] = [ProfileError, RunError, TableError]
-    for module, name in (("engine.models", "ModelError"), ("engine.data", "DataError"), ("engine.verify", "VerifyError")):
+    for module, name in (
+        ("engine.model.sources", "ModelError"), ("engine.model.data", "DataError"), ("engine.backends.verify", "VerifyError"),
+        ("engine.export.result", "ResultError"),
+    ):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -161,8 +164,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, only: Optional[tuple[str, ...]] = None) -> dict:
-    from engine.dp import InfeasibleTarget
-    from engine.pipeline import execute, open_run
+    from engine.search.dp import InfeasibleTarget
+    from engine.run.pipeline import execute, open_run
 
     from spdy_tui.progress import StderrProgress
 
@@ -215,7 +218,7 @@ def timings(
         raise fail(f"--format must be json or spdy-txt, got {fmt!r}")
     _run_stages(profile, out_dir, resume, ("timings",))
     if fmt == "spdy-txt":
-        from engine.config import load_profile
+        from engine.core.profile import load_profile
         from engine.timing.table import load_table, save_table
 
         resolved = load_profile(profile)
@@ -227,8 +230,8 @@ def timings(
 @app.command()
 def db(profile: Path = typer.Argument(..., help="TOML profile."), out_dir: Optional[Path] = OUT_OPTION, resume: bool = RESUME_OPTION) -> None:
     """Build the database of pruned, reconstructed weights (db/ in the run directory)."""
-    from engine.config import load_profile
-    from engine.database import Database
+    from engine.core.profile import load_profile
+    from engine.database.store import Database
 
     _run_stages(profile, out_dir, resume, ("database",))
     resolved = load_profile(profile)
@@ -240,25 +243,19 @@ def db(profile: Path = typer.Argument(..., help="TOML profile."), out_dir: Optio
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="A run directory with a result.json.")) -> None:
     """Re-measure a run's speedup end to end with sparse kernels."""
-    from engine import finish
-    from engine.config import ProfileError, load_profile
-    from engine.events import EventLog
-    from engine.pipeline import Run
-    from engine.stages import load_database, load_timings
+    from engine.core.events import EventLog
+    from engine.export.result import read_result
+    from engine.run.context import RunContext
+    from engine.run.stages import verify as verify_stage
 
     try:
-        profile = load_profile(run_dir / "profile.toml")
         if not (run_dir / "result.json").exists():
             raise fail(f"{run_dir}: no result.json (run `spdy run` first)")
         with EventLog(run_dir / "events.jsonl") as log:
-            the_run = Run(profile, run_dir, log)
-            load_timings(the_run)
-            load_database(the_run)
-            finish.stage_verify(the_run)
-    except (ProfileError, *_user_errors()) as exc:
+            verify_stage.make(RunContext.from_dir(run_dir, log))
+        outcome = read_result(run_dir)["verify"]
+    except _user_errors() as exc:
         raise fail(str(exc)) from None
-    result = json.loads((run_dir / "result.json").read_text())
-    outcome = result["verify"]
     out.print(
         f"predicted {outcome['predicted']:.3f}x, measured {outcome['measured']:.3f}x "
         f"(dense {outcome['dense_seconds'] * 1e3:.1f} ms on {outcome['dense_baseline']}, sparse {outcome['sparse_seconds'] * 1e3:.1f} ms)"
@@ -292,7 +289,7 @@ def finetune(
     as_json: bool = typer.Option(False, "--json", help="Print the fine-tuning's result.json on stdout."),
 ) -> None:
     """Gradual magnitude pruning to a run's allocation with fine-tuning (the schedule of recipe.yaml)."""
-    from engine import finetune as engine_finetune
+    from engine.recovery import finetune as engine_finetune
 
     from spdy_tui.progress import StderrProgress
 

@@ -1,6 +1,6 @@
 """`spdy inspect`: a run log summarised on the terminal (or as JSON).
 
-Works on a live, finished or killed run: the reducer (``engine.runlog``) ignores a truncated
+Works on a live, finished or killed run: the reducer (``engine.run.runlog``) ignores a truncated
 last line and missing fields.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from engine.runlog import RunState, summarise
+from engine.run.runlog import RunState, summarise
 from spdy_tui.plot import loss_plot
 
 

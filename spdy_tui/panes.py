@@ -13,7 +13,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.runlog import Progress, RunState
+from engine.run.runlog import Progress, RunState
 from spdy_tui.plot import loss_plot
 
 EIGHTHS = " ▏▎▍▌▋▊▉"

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import baselines
-from engine.budget import make_problem
-from engine.dp import InfeasibleTarget
-from engine.grid import level_sparsity
+from engine.search import baselines
+from engine.search.budget import make_problem
+from engine.search.dp import InfeasibleTarget
+from engine.core.grid import level_sparsity
 from engine.timing.table import load_table
 
 from .conftest import TABLES

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ProfileError, describe, from_dict, load_profile, to_toml
+from engine.core.profile import ProfileError, describe, from_dict, load_profile, to_toml
 
 PROFILES = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import HardwareConfig
-from engine.environment import describe_environment
-from engine.grid import NM, nm_levels
-from engine.masks import nm_mask, satisfies_nm
-from engine.models import LoadedModel, trace_layers
-from engine.pipeline import RunError
-from engine.sparse.semi24 import (
+from engine.core.profile import HardwareConfig
+from engine.core.environment import describe_environment
+from engine.core.grid import NM, nm_levels
+from engine.core.masks import nm_mask, satisfies_nm
+from engine.model.sources import LoadedModel, trace_layers
+from engine.core.errors import RunError
+from engine.runtime.semi24 import (
     SHAPE_MULTIPLES,
     Semi24Error,
     Semi24Kernels,
@@ -30,10 +30,11 @@ from engine.sparse.semi24 import (
     shape_ineligibility,
     unavailable_reason,
 )
-from engine.timing.cpu import timing_fingerprint
-from engine.timing.cuda24 import LEVELS, build_semi24_model, on_device, profile_cuda24, verify_cuda24
+from engine.backends import get_backend
+from engine.backends.cuda24 import build_semi24_model, verify_cuda24
+from engine.timing.cuda24 import LEVELS, on_device, profile_cuda24
 from engine.timing.table import TimingTable, load_table, save_table
-from engine.verify import VerifyError
+from engine.backends.verify import VerifyError
 
 ROOT = Path(__file__).resolve().parent.parent
 TWO_FOUR = NM(2, 4)
@@ -151,7 +152,7 @@ HARDWARE = HardwareConfig(backend="cuda-2:4", dtype="float32", warmup=1, repeats
 def profiled():
     loaded, inputs = small_model()
     log = Log()
-    table = profile_cuda24(loaded, inputs, loaded.layers, HARDWARE, log, device="cpu", kernels=StandInKernels())
+    table = get_backend("cuda-2:4").profile(loaded, inputs, loaded.layers, LEVELS, HARDWARE, log, 0, device="cpu", kernels=StandInKernels())
     return loaded, inputs, table, log
 
 
@@ -174,9 +175,9 @@ def test_profiler_fingerprint_is_what_the_timings_stage_expects(profiled):
     """stage `timings` reuses a table when its fingerprint matches one computed from the profile's levels."""
     loaded, _, table, _ = profiled
     shapes = {layer.name: list(layer.input_shape) for layer in loaded.layers}
-    expected = timing_fingerprint(describe_environment(), HARDWARE, shapes, nm_levels(2, 4, include_dense=True))
+    expected = get_backend("cuda-2:4").fingerprint(describe_environment(), HARDWARE, shapes, nm_levels(2, 4, include_dense=True))
     assert LEVELS == nm_levels(2, 4) and table.environment["fingerprint"] == expected
-    assert expected != timing_fingerprint(describe_environment(), HardwareConfig(dtype="float32", warmup=1, repeats=3), shapes, LEVELS)
+    assert expected != get_backend("cpu").fingerprint(describe_environment(), HardwareConfig(dtype="float32", warmup=1, repeats=3), shapes, LEVELS)
 
 
 def test_profiler_reports_every_row_as_a_timing_event(profiled):
@@ -207,7 +208,7 @@ def pruned_final(loaded):
 
 
 def test_verify_returns_the_fields_of_the_cpu_verify(profiled):
-    from engine.verify import verify
+    from engine.backends.cpu import verify
 
     loaded, inputs, table, _ = profiled
     final = pruned_final(loaded)
@@ -321,8 +322,8 @@ SENTENCES = [f"The function number {i} reads a file and returns {i % 5} lines of
 
 @pytest.fixture(scope="module")
 def minilm_gpu():
-    from engine.config import from_dict
-    from engine.models import load_model
+    from engine.core.profile import from_dict
+    from engine.model.sources import load_model
 
     loaded = load_model(from_dict({}))
     inputs = dict(loaded.tokenizer(SENTENCES, padding="max_length", max_length=64, truncation=True, return_tensors="pt"))

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import from_dict
-from engine.data import DataError, build_data, digits_split, docstring_sentences, split_indices, stdlib_sentences
+from engine.core.profile import from_dict
+from engine.model.data import DataError, build_data, digits_split, docstring_sentences, split_indices, stdlib_sentences
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from engine.models import minilm_path
+    from engine.model.sources import minilm_path
 
     return AutoTokenizer.from_pretrained(minilm_path())
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import DatabaseConfig, from_dict
-from engine.database import Database, Stitcher, build_database, layer_file_name
-from engine.grid import NM, level_sparsity, parse_nm
-from engine.layer_inputs import collect_hessians, collect_inputs
-from engine.masks import satisfies_nm
-from engine.models import LoadedModel, load_model
+from engine.core.profile import DatabaseConfig, from_dict
+from engine.database.store import Database, Stitcher, build_database, layer_file_name
+from engine.core.grid import NM, level_sparsity, parse_nm
+from engine.model.layer_inputs import collect_hessians, collect_inputs
+from engine.core.masks import satisfies_nm
+from engine.model.sources import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [

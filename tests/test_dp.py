@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import dp
-from engine.budget import make_problem, prior_costs
+from engine.search import dp
+from engine.search.budget import make_problem, prior_costs
 
 
 def brute_force(times, costs, budget, buckets):

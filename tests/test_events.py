@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.events import EventLog, Follower, read_events
+from engine.core.events import EventLog, Follower, read_events
 
 
 def test_write_read_and_schema(tmp_path):

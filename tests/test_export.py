@@ -6,21 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from engine.export import (
+from engine.export.files import (
     read_profile_txt,
     read_recipe_schedule,
     read_recipe_targets,
-    read_result,
     write_profile_txt,
     write_pruned_weights,
     write_recipe,
     write_report,
-    write_result,
     write_torchao_config,
 )
-from engine.grid import level_sparsity
-from engine.schedule import DEFAULT as DEFAULT_SCHEDULE
-from engine.schedule import GMPSchedule
+from engine.core.grid import level_sparsity
+from engine.export.result import read_result, write_result
+from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
+from engine.export.schedule import GMPSchedule
 
 LAYERS = [
     {"name": "fc1", "level": "0.7844", "time": 0.0021},

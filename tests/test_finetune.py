@@ -14,16 +14,18 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from engine import baselines, checkpoint
-from engine.budget import make_problem
-from engine.config import load_profile, to_toml
-from engine.events import read_events
-from engine.export import read_recipe_schedule, read_recipe_targets, write_result
-from engine.finetune import Options, execute, open_finetune
-from engine.gmp import GradualMasks
-from engine.grid import level_sparsity, parse_nm
-from engine.masks import pruned_count, satisfies_nm
-from engine.schedule import DEFAULT, GMPSchedule, cubic
+from engine.search import baselines
+from engine.recovery import checkpoint
+from engine.search.budget import make_problem
+from engine.core.profile import load_profile, to_toml
+from engine.core.events import read_events
+from engine.export.files import read_recipe_schedule, read_recipe_targets
+from engine.export.result import write_result
+from engine.recovery.finetune import Options, execute, open_finetune
+from engine.recovery.gmp import GradualMasks
+from engine.core.grid import level_sparsity, parse_nm
+from engine.core.masks import pruned_count, satisfies_nm
+from engine.export.schedule import DEFAULT, GMPSchedule, cubic
 from engine.timing.table import load_table, save_table
 from spdy_tui.cli import Exit, app
 from tests.test_pipeline import write_profile
@@ -167,7 +169,7 @@ def test_finetune_reaches_exact_levels_and_beats_one_shot(tuned):
     out = run_dir / "finetune"
     allocation = {row["name"]: row["level"] for row in json.loads((run_dir / "result.json").read_text())["layers"]}
     assert sum(level_sparsity(level) > 0.7 for level in allocation.values()) >= 2
-    from engine.models import load_model
+    from engine.model.sources import load_model
 
     model = load_model(load_profile(run_dir / "profile.toml")).model
     model.load_state_dict(load_file(out / "pruned.safetensors"))  # plain PyTorch, strict
@@ -198,8 +200,8 @@ def test_distillation_targets_are_the_dense_outputs_kept_on_disk(tuned):
     result = run_cli("finetune", run_dir, "--epochs", 2, "--loss", "kl", "--threads", 1, "--no-verify", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["training"]["loss"] == "kl"
-    from engine.data import digits_split
-    from engine.models import load_model
+    from engine.model.data import digits_split
+    from engine.model.sources import load_model
 
     images, _ = digits_split(0)["train"]
     with torch.no_grad():

@@ -3,7 +3,7 @@ import copy
 import torch
 from torch import nn
 
-from engine.gap import global_adaprune
+from engine.database.gap import global_adaprune
 
 
 def test_global_adaprune_lowers_error_and_keeps_zeros():

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.grid import geometric_levels, level_sparsity, nm_levels, parse_nm, sort_levels
+from engine.core.grid import geometric_levels, level_sparsity, nm_levels, parse_nm, sort_levels
 
 ORIGINAL_42 = (
     "0.0000 0.4000 0.4584 0.5111 0.5586 0.6016 0.6403 0.6753 0.7069 0.7354 0.7612 0.7844 0.8054 0.8243 "

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.grid import DENSE
+from engine.core.grid import DENSE
 from engine.timing.in_model import MIN_IQR_SECONDS, LevelSwitch, pass_plan, switched_model, time_in_model
 
 LEVELS = [DENSE, "0.5000", "0.9000"]

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from engine.data import DataError
-from engine.losses import LOSSES, cosine_loss, cross_entropy_loss, heldout_metrics, kl_loss, loss_function, mse_loss, resolve_loss
+from engine.model.data import DataError
+from engine.model.losses import LOSSES, cosine_loss, cross_entropy_loss, heldout_metrics, kl_loss, loss_function, mse_loss, resolve_loss
 
 
 def test_cosine_of_known_vectors():

@@ -6,11 +6,11 @@ import random
 import pytest
 import torch
 
-from engine.grid import NM
-from engine.masks import (
+from engine.core.grid import NM
+from engine.core.masks import (
     magnitude_mask, nested_magnitude_mask, nm_ineligibility, nm_mask, pruned_count, satisfies_nm, smallest,
 )
-from engine.reconstruct import spread_exactly
+from engine.database.reconstruct import spread_exactly
 
 TWO_FOUR = NM(2, 4)
 

@@ -1,4 +1,4 @@
-from engine.timing.measure import summarise, time_interleaved
+from engine.core.measure import summarise, time_interleaved
 
 
 class FakeClock:
@@ -72,7 +72,7 @@ def test_set_threads_holds_for_torch_and_numba():
         "import torch\n"
         "torch.relu(torch.ones(1 << 20))\n"  # torch's OpenMP pool is up first (a parallel elementwise op)
         "import numba\n"
-        "from engine.timing.cpu import set_threads\n"
+        "from engine.runtime.execution import set_threads\n"
         "set_threads(1)\n"
         "print(torch.get_num_threads(), numba.get_num_threads())\n"
     )

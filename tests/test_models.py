@@ -7,10 +7,10 @@ import urllib.error
 import pytest
 import torch
 
-from engine import models
-from engine.config import from_dict, load_profile
-from engine.losses import heldout_metrics
-from engine.models import ModelError, load, load_model, trace_layers
+from engine.model import sources as models
+from engine.core.profile import from_dict, load_profile
+from engine.model.losses import heldout_metrics
+from engine.model.sources import ModelError, load, load_model, trace_layers
 
 BLOCK = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"]
 SMALL_TEXT = {"calibration_samples": 8, "heldout_samples": 4, "batch_size": 4, "seq_len": 32}

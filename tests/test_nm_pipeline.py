@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import from_dict
-from engine.grid import NM
-from engine.masks import nm_mask, satisfies_nm
-from engine.models import LoadedModel, load_model, trace_layers
-from engine.nm_pipeline import NMSettings, allocation_nm, eligible_layers, prune_nm, uniform_24
+from engine.core.profile import from_dict
+from engine.core.grid import NM
+from engine.core.masks import nm_mask, satisfies_nm
+from engine.model.sources import LoadedModel, load_model, trace_layers
+from engine.database.nm_pipeline import NMSettings, allocation_nm, eligible_layers, prune_nm, uniform_24
 
 TWO_FOUR = NM(2, 4)
 SUBJECTS = ["This function", "The method", "A helper", "The parser", "This class", "The reader", "A wrapper", "The loop"]

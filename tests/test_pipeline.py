@@ -10,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from engine.events import read_events
-from engine.grid import geometric_levels
+from engine.core.events import read_events
+from engine.core.grid import geometric_levels
 from engine.timing.table import LayerTimes, TimingTable, save_table
 from spdy_tui.cli import Exit, app
 

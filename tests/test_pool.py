@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from engine.budget import make_problem
-from engine.pool import PooledScorer, WorkerError, _split
-from engine.search import Search, SearchSettings
+from engine.search.budget import make_problem
+from engine.executors.processes import PooledScorer, WorkerError, _split
+from engine.search.spdy import Search, SearchSettings
 from engine.timing.table import load_table
 
 from .conftest import TABLES

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.grid import DENSE
-from engine.models import LoadedModel, digits_cnn, trace_layers
-from engine.timing.cpu import profile_cpu, timing_fingerprint
+from engine.core.grid import DENSE
+from engine.model.sources import LoadedModel, digits_cnn, trace_layers
+from engine.backends import get_backend
+from engine.timing.cpu import profile_cpu
 
 LEVELS = [DENSE, "0.9000"]
 
@@ -21,7 +22,7 @@ def digits(seed: int = 0):
 
 
 def hardware(layer_timing: str) -> SimpleNamespace:
-    return SimpleNamespace(threads=1, warmup=1, repeats=3, max_spread=10.0, layer_timing=layer_timing, backend="cpu",
+    return SimpleNamespace(threads=1, warmup=1, repeats=3, max_spread=float("inf"), layer_timing=layer_timing, backend="cpu",
                            batch_size=32, dtype="float32")
 
 
@@ -61,7 +62,7 @@ def test_the_fingerprint_tells_the_ways_of_timing_and_kernel_versions_apart(monk
     loaded, x = digits()
     shapes = {layer.name: list(layer.input_shape) for layer in loaded.layers}
     environment = {"cpu": "x", "torch": "2"}
-    alone, in_model = (timing_fingerprint(environment, hardware(mode), shapes, LEVELS) for mode in ("alone", "in-model"))
+    alone, in_model = (get_backend("cpu").fingerprint(environment, hardware(mode), shapes, LEVELS) for mode in ("alone", "in-model"))
     assert alone != in_model
-    monkeypatch.setattr("engine.timing.cpu.KERNEL_VERSION", -1)
-    assert timing_fingerprint(environment, hardware("alone"), shapes, LEVELS) != alone
+    monkeypatch.setattr("engine.backends.cpu.KERNEL_VERSION", -1)
+    assert get_backend("cpu").fingerprint(environment, hardware("alone"), shapes, LEVELS) != alone

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-import engine.events
-from engine.events import EventLog
-from engine.grid import geometric_levels
-from engine.runlog import RunState, summarise
+import engine.core.events
+from engine.core.events import EventLog
+from engine.core.grid import geometric_levels
+from engine.run.runlog import RunState, summarise
 
 LAYERS = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "fc"]
 LEVELS = geometric_levels(0.4, 0.9, 3)  # dense + 4 levels
@@ -22,7 +22,7 @@ def write_synthetic_run(path, monkeypatch, finished=True):
     """
     rng, clock, written = random.Random(0), itertools.count(), []
     with monkeypatch.context() as patch:
-        patch.setattr(engine.events.time, "time", lambda: 1_700_000_000 + 0.5 * next(clock))
+        patch.setattr(engine.core.events.time, "time", lambda: 1_700_000_000 + 0.5 * next(clock))
         with EventLog(path) as log:
             emit = lambda kind, **fields: written.append(log.emit(kind, **fields))  # noqa: E731
             emit("run_started", profile={"run": {"name": "digits-demo"}}, seed=0, versions={"spdy-tui": "0.1.0"})

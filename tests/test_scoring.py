@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.config import from_dict
-from engine.models import load_model, trace_layers
-from engine.reuse import find_units
-from engine.scoring import ModelScorer
+from engine.core.profile import from_dict
+from engine.model.sources import load_model, trace_layers
+from engine.model.reuse import find_units
+from engine.search.scoring import ModelScorer
 
 LEVELS = ["0.0000", "0.5000", "0.9000"]
 SENTENCES = [
@@ -104,7 +104,7 @@ def test_reference_recomputed_when_accepting_an_unscored_allocation(minilm):
 
 
 def test_trimmed_batches_give_the_same_per_sample_outputs(minilm):
-    from engine.data import Batch, trimmed_by_length
+    from engine.model.data import Batch, trimmed_by_length
 
     loaded, batches = minilm
     padded = [Batch(batch.inputs) for batch in batches]
@@ -126,7 +126,7 @@ def test_trimmed_batches_give_the_same_per_sample_outputs(minilm):
 
 
 def test_trimming_leaves_untokenised_inputs_alone():
-    from engine.data import Batch, trimmed_by_length
+    from engine.model.data import Batch, trimmed_by_length
 
     batches = [Batch(torch.ones(2, 3)), Batch(torch.zeros(2, 3))]
     assert trimmed_by_length(batches) is batches

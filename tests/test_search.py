@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.budget import make_problem
-from engine.search import Search, SearchSettings
+from engine.search.budget import make_problem
+from engine.search.spdy import Search, SearchSettings
 
 from .conftest import TABLES
 
@@ -106,7 +106,7 @@ def test_equal_allocations_are_scored_once_and_replay_skips_scoring(problem):
     first = run(problem, scorer)
     assert scorer.calls < first.evaluations  # duplicates come from the cache
     replay = {}
-    from engine.search import allocation_key
+    from engine.search.spdy import allocation_key
 
     for e in first.history:
         replay[allocation_key(e.levels)] = e.loss

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.sparse import (
+from engine.runtime import (
     CSRWeight,
     OneDNNLinear,
     SparseConv2d,
@@ -21,8 +21,8 @@ from engine.sparse import (
     spmm,
     spmm_feature_major,
 )
-from engine.sparse.csr import ROW_CHUNK, TILE_TOKENS
-from engine.sparse.dense import onednn_available
+from engine.runtime.csr import ROW_CHUNK, TILE_TOKENS
+from engine.runtime.dense import onednn_available
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
@@ -153,12 +153,12 @@ def test_feature_major_kernel_equals_dense(tokens, panel_width):
     assert torch.allclose(torch.from_numpy(spmm_feature_major(csr, x[1], bias)), reference[1], **TOLERANCE)
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch-csr"])
+@pytest.mark.parametrize("kernel", ["numba", "torch-csr"])
 @pytest.mark.parametrize("shape", [(7,), (2, 5, 7), (130, 7)])
-def test_sparse_linear_equals_dense_linear(backend, shape):
+def test_sparse_linear_equals_dense_linear(kernel, shape):
     layer = pruned_linear(shape[-1], 11, 0.6)
     x = torch.randn(*shape)
-    sparse = SparseLinear.from_linear(layer, backend)
+    sparse = SparseLinear.from_linear(layer, kernel)
     y = sparse(x)
     assert y.shape == shape[:-1] + (11,) and y.dtype == torch.float32
     assert torch.allclose(y, layer(x).detach(), **TOLERANCE)
@@ -182,14 +182,14 @@ CONVS = [
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("backend", ["numba", "torch-csr"])
+@pytest.mark.parametrize("kernel", ["numba", "torch-csr"])
 @pytest.mark.parametrize("options", CONVS, ids=[str(c) for c in CONVS])
-def test_sparse_conv_equals_dense_conv(backend, options):
+def test_sparse_conv_equals_dense_conv(kernel, options):
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 8, **options)
     with torch.no_grad():
         conv.weight.copy_(pruned(conv.weight, 0.7))
-    sparse = SparseConv2d.from_conv(conv, backend)
+    sparse = SparseConv2d.from_conv(conv, kernel)
     x = torch.randn(2, 5, 9, 11)
     expected = conv(x).detach()
     y = sparse(x)
@@ -229,15 +229,15 @@ def prune_all_linears(model: nn.Module, sparsity: float) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch-csr"])
-def test_sparsify_module_swaps_in_place_and_keeps_outputs(backend):
+@pytest.mark.parametrize("kernel", ["numba", "torch-csr"])
+def test_sparsify_module_swaps_in_place_and_keeps_outputs(kernel):
     torch.manual_seed(0)
     model = nn.Sequential(TinyBlock(), TinyBlock()).eval()
     names = prune_all_linears(model, 0.8)
     x = torch.randn(3, 10, 32)
     with torch.no_grad():
         expected = model(x)
-    assert sparsify_module(model, names, backend) is model
+    assert sparsify_module(model, names, kernel) is model
     assert all(isinstance(model.get_submodule(name), SparseLinear) for name in names)
     with torch.no_grad():
         assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-4)
@@ -292,8 +292,8 @@ def test_swapped_modules_survive_deepcopy():
     x = torch.randn(2, 6)
     with torch.no_grad():
         densify_fast(model, ["0"])
-        sparsify_module(model, ["1"], backend="numba")
-        sparsify_module(model, ["2", "3"], backend="torch-csr")
+        sparsify_module(model, ["1"], kernel="numba")
+        sparsify_module(model, ["2", "3"], kernel="torch-csr")
         clone = copy.deepcopy(model)
         assert [type(m) for m in clone] == [type(m) for m in model] and clone[1] is not model[1]
         hidden = clone[:3](x)
@@ -304,7 +304,7 @@ def test_swapped_modules_survive_deepcopy():
 @pytest.mark.parametrize("rows", [1, 7, 384, 1536])
 def test_tile_buffers_start_on_a_cache_line(rows):
     """Kernel buffers are 64-byte aligned whatever the allocator returns (vector loads never split)."""
-    from engine.sparse.csr import TILE_TOKENS, _aligned_empty
+    from engine.runtime.csr import TILE_TOKENS, _aligned_empty
 
     for _ in range(20):  # many allocations, so some land off a 64-byte boundary in NumPy's hands
         buffer = _aligned_empty(rows, TILE_TOKENS)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import baselines, dp
-from engine.budget import make_problem, prior_costs
-from engine.dp import InfeasibleTarget
-from engine.search import Search, SearchSettings
+from engine.search import baselines
+from engine.search import dp
+from engine.search.budget import make_problem, prior_costs
+from engine.search.dp import InfeasibleTarget
+from engine.search.spdy import Search, SearchSettings
 from engine.timing.table import LayerTimes, TimingTable, load_table
 
 from .conftest import TABLES

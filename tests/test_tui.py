@@ -10,7 +10,7 @@ from rich.console import Console
 from textual.widgets import ListView, Static
 
 import spdy_tui.app
-from engine.runlog import summarise
+from engine.run.runlog import summarise
 from spdy_tui import launch
 from spdy_tui.app import RunScreen, SpdyApp, main
 from spdy_tui.panes import AlertPane, bar
@@ -50,7 +50,7 @@ def fake_run(tmp_path, body: str) -> list[str]:
     script.write_text(
         "import signal, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from engine.events import EventLog\n"
+        "from engine.core.events import EventLog\n"
         "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
         "log = EventLog(sys.argv[1] + '/events.jsonl')\n" + textwrap.dedent(body)
     )
@@ -264,4 +264,4 @@ def test_engine_never_imports_textual():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "engine.runlog" in modules
+    assert "engine.run.runlog" in modules

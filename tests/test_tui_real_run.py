@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from engine.runlog import summarise
+from engine.run.runlog import summarise
 from spdy_tui.app import RunScreen, SpdyApp
 
 from .test_pipeline import MAGNITUDE_DATABASE, run_cli, write_profile

@@ -7,7 +7,7 @@ Each layer runs
   by magnitude to that level,
 
 fed the input it really sees (``hardware.batch_size`` real samples), and is timed either alone on
-its captured input, levels interleaved (``engine.timing.measure``, the default), or inside forward
+its captured input, levels interleaved (``engine.core.measure``, the default), or inside forward
 passes of the whole model (``engine.timing.in_model``).  ``base`` is the dense model end to
 end on the fastest dense path (sampled between the layers, or in the in-model passes, so over the
 same minutes as them), and ``prunable`` the sum of the layers' dense times, so
@@ -21,85 +21,32 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from engine.environment import describe_environment, fingerprint
-from engine.grid import DENSE, level_sparsity
-from engine.masks import magnitude_mask
-from engine.sparse.csr import KERNEL_VERSION
-from engine.sparse.dense import densify_fast, onednn_available
-from engine.sparse.modules import SparseConv2d, SparseLinear, replace_submodule
+from engine.core.environment import describe_environment
+from engine.core.grid import DENSE, level_sparsity
+from engine.core.masks import magnitude_mask
+from engine.runtime.execution import capture_inputs, dense_paths, forward, set_threads
+from engine.runtime.modules import replace_submodule, sparse_module
 from engine.timing.in_model import Progress, switched_model, time_in_model
-from engine.timing.measure import Stats, summarise, time_interleaved
+from engine.core.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
-
-
-def set_threads(threads: int) -> None:
-    """Both runtimes on ``threads`` threads.  Numba first: the first ``numba.set_num_threads`` launches
-    its OpenMP pool, which resets the process's OpenMP thread count, torch's included (torch then
-    ran the dense path on every core while our kernels ran on ``threads``)."""
-    import numba
-
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(threads)
-
-
-def sparse_module(layer: nn.Module) -> nn.Module:
-    """Our unstructured-sparse kernel for a pruned Linear or Conv2d (its zeros are skipped)."""
-    return SparseLinear.from_linear(layer) if isinstance(layer, nn.Linear) else SparseConv2d.from_conv(layer)
-
-
-def dense_paths(model: nn.Module, names: list[str], only: str | None = None) -> dict[str, nn.Module]:
-    """The model on each dense path: "torch" (as loaded) and "onednn" (the named Linears on oneDNN's
-    pre-packed GEMM; convolutions already run on oneDNN in torch).  ``only`` builds just one."""
-    paths: dict[str, nn.Module] = {}
-    if only in (None, "torch"):
-        paths["torch"] = model
-    if only in (None, "onednn") and onednn_available():
-        linears = [name for name in names if isinstance(model.get_submodule(name), nn.Linear)]
-        paths["onednn"] = densify_fast(copy.deepcopy(model), linears)
-    if only is not None and only not in paths:
-        raise ValueError(f"dense path {only!r} is not available here")
-    return paths
-
-
-def capture_inputs(model_run: Callable[[], Any], model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """The input tensor each named layer receives during one forward pass."""
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-        def hook(_module, args, name=name):
-            inputs.setdefault(name, args[0].detach())
-
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model_run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs
 
 
 def choose_dense_path(loaded, example_inputs, names: list[str], hardware) -> tuple[str, nn.Module, dict]:
     """Time the whole dense model on every available dense path; return the fastest."""
     candidates = dense_paths(loaded.model, names)  # name -> model (torch default, oneDNN, ...)
     stats = time_interleaved(
-        {path: (lambda m=model: _forward(loaded, m, example_inputs)) for path, model in candidates.items()},
+        {path: (lambda m=model: forward(loaded, m, example_inputs)) for path, model in candidates.items()},
         warmup=hardware.warmup,
         repeats=max(5, hardware.repeats // 2),
         max_spread=hardware.max_spread,
     )
     fastest = min(stats, key=lambda path: stats[path].median)
     return fastest, candidates[fastest], {path: s.to_json() for path, s in stats.items()}
-
-
-def _forward(loaded, model: nn.Module, inputs: Any):
-    with torch.no_grad():
-        return loaded.run_model(model, inputs)
 
 
 def profile_cpu(
@@ -127,8 +74,6 @@ def profile_cpu(
         name: {level: round(s.spread, 4) for level, s in stats[name].items() if not s.stable} for name in names
     }
     environment = describe_environment()
-    shapes = {layer.name: list(layer.input_shape) for layer in layers}
-    environment["fingerprint"] = timing_fingerprint(environment, hardware, shapes, levels)
     environment["end_to_end"] = end_to_end
     environment["unstable_rows"] = {name: s for name, s in unstable.items() if s}
     environment["layer_timing"] = getattr(hardware, "layer_timing", "alone")
@@ -151,7 +96,7 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
     machine the speed drifts over minutes (MiniLM's dense model measured 253-318 ms in five runs
     within three minutes), and a base taken in one burst before the layers can be off by 10% while
     the layers' sum is not (docs/benchmarks.md)."""
-    inputs = capture_inputs(lambda: _forward(loaded, dense_model, example_inputs), dense_model, names)
+    inputs = capture_inputs(lambda: forward(loaded, dense_model, example_inputs), dense_model, names)
     total, done = len(names) * len(levels), 0
     stats, base_samples = {}, []
     passes_per_layer = -(-hardware.repeats // max(1, len(names)))
@@ -164,7 +109,7 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
             stats[name] = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread)
         for _ in range(passes_per_layer):
             started = time.perf_counter()
-            _forward(loaded, dense_model, example_inputs)
+            forward(loaded, dense_model, example_inputs)
             base_samples.append(time.perf_counter() - started)
         for level in levels:
             done += 1
@@ -213,23 +158,3 @@ def stand_in_model(dense_model: nn.Module, original: nn.Module, levels: dict[str
         if level != DENSE:
             replace_submodule(model, name, layer_at_level(dense_model, original, name, level))
     return model
-
-
-def timing_fingerprint(environment: dict, hardware, shapes: dict, levels: list[str]) -> str:
-    """What a cached table must match to be reused: machine, libraries, threads, shapes, levels,
-    on the CPU our kernels' version, and the backend, CUDA graphs and in-model layer timing where
-    they differ from what tables were first measured with (cpu, off, alone)."""
-    extra = {}
-    backend = getattr(hardware, "backend", "cpu")
-    if backend != "cpu":
-        extra["backend"] = backend
-    else:
-        extra["kernel"] = KERNEL_VERSION
-        if getattr(hardware, "layer_timing", "alone") != "alone":
-            extra["layer_timing"] = hardware.layer_timing
-    if getattr(hardware, "cuda_graphs", False):
-        extra["cuda_graphs"] = True
-    return fingerprint(
-        environment, threads=hardware.threads, batch=hardware.batch_size, dtype=hardware.dtype, shapes=shapes,
-        levels=levels, **extra,
-    )

@@ -1,14 +1,14 @@
-"""The GPU 2:4 backend (``hardware.backend = "cuda-2:4"``): the profiler and the end-to-end verify.
+"""The GPU 2:4 profiler (``hardware.backend = "cuda-2:4"``; its verify is ``engine.backends.cuda24``).
 
 Every layer has two choices, dense and "2:4" (spdy-method.md §7; field-notes "GPU 2:4").  The
 model runs on the GPU in ``hardware.dtype`` (float16 or bfloat16) and, for each prunable layer,
 on the input it really sees (captured from a forward pass on ``hardware.batch_size`` samples),
-the profiler times, interleaved (``engine.timing.measure`` with CUDA events,
+the profiler times, interleaved (``engine.core.measure`` with CUDA events,
 ``engine.timing.cuda_events``):
 
 * the layer dense, in the same dtype (cuBLAS through ``F.linear``),
 * every candidate 2:4 kernel of the layer's own weight pruned to magnitude 2:4
-  (``engine.sparse.semi24``: cuSPARSELt at alg_id 0 and at its searched alg_id, CUTLASS),
+  (``engine.runtime.semi24``: cuSPARSELt at alg_id 0 and at its searched alg_id, CUTLASS),
 
 and keeps the fastest candidate as the layer's 2:4 time, recording which kernel won
 (``environment["kernels"]``; ``verify_cuda24`` rebuilds exactly that kernel).  A layer the kernels
@@ -19,14 +19,6 @@ then leaves the layer dense.  As on the CPU,
     base = the dense model end to end on the GPU in that dtype,   prunable = sum_l t[l][dense],
 
 so that  predicted_time = base - prunable + sum_l t[l][level_l].
-
-``verify_cuda24`` builds the final model with ``Semi24Linear`` in its 2:4 layers, checks its
-output against the same weights computed densely in the same dtype,
-
-    max |y_sparse - y_dense_with_zeros| <= tol(dtype) * max |y_dense_with_zeros|,
-
-(the kernels only reorder the float16/bfloat16 accumulation), then times dense and sparse end
-to end, interleaved: measured_speedup = median(dense) / median(sparse).
 
 ``device`` and ``kernels`` are parameters so that the whole flow also runs on the CPU with
 stand-in kernels in the tests; on the CPU the wall clock replaces the CUDA events.
@@ -41,24 +33,21 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from engine.environment import describe_environment
-from engine.grid import DENSE, nm_levels
-from engine.masks import nm_mask, satisfies_nm
-from engine.pipeline import RunError
-from engine.sparse.semi24 import DTYPES, TWO_FOUR, Semi24Kernels, error_line, unavailable_reason
-from engine.timing.cpu import capture_inputs, timing_fingerprint
-from engine.timing.measure import Stats, time_interleaved
+from engine.core.environment import describe_environment
+from engine.core.grid import DENSE, nm_levels
+from engine.core.masks import nm_mask
+from engine.core.errors import RunError
+from engine.runtime.semi24 import DTYPES, TWO_FOUR, Semi24Kernels, error_line, unavailable_reason
+from engine.runtime.execution import capture_inputs, forward
+from engine.core.measure import Stats, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
-from engine.verify import VerifyError, outcome
 
 LEVELS = nm_levels(2, 4)  # ["0.0000", "2:4"]
 TWO_FOUR_LEVEL = TWO_FOUR.label
-# verify: allowed max |sparse - dense-with-zeros| as a fraction of max |dense-with-zeros|
-TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float32: 1e-4}
 
 
 class Kernels(Protocol):
-    """What the profiler needs from a 2:4 kernel family (``engine.sparse.semi24.Semi24Kernels``)."""
+    """What the profiler needs from a 2:4 kernel family (``engine.runtime.semi24.Semi24Kernels``)."""
 
     def ineligibility(self, module: nn.Module) -> str | None: ...
 
@@ -101,12 +90,7 @@ def inputs_on(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return inputs
 
 
-def _forward(loaded, model: nn.Module, inputs: Any):
-    with torch.no_grad():
-        return loaded.run_model(model, inputs)
-
-
-def _timer(device: torch.device, calls: int):
+def device_timer(device: torch.device, calls: int):
     """CUDA events on the GPU (``calls`` per sample); the wall clock (None) on the CPU."""
     if device.type != "cuda":
         return None
@@ -158,11 +142,11 @@ def profile_cuda24(
     names = [layer.name for layer in layers]
 
     def whole_model():
-        return _forward(loaded, model, inputs)
+        return forward(loaded, model, inputs)
 
     end_to_end = time_interleaved(
         {"dense": whole_model}, hardware.warmup, max(5, hardware.repeats // 2), hardware.max_spread,
-        timer=_timer(device, 1),
+        timer=device_timer(device, 1),
     )["dense"]
     captured = capture_inputs(whole_model, model, names)
     rows, kernel_records, unstable = [], {}, {}
@@ -182,8 +166,6 @@ def profile_cuda24(
                 kernel = "dense" if level == DENSE else record.get("label", "")
                 log.emit("timing", layer=name, level=level, seconds=seconds, done=done, total=max(total, done), kernel=kernel)
     environment = describe_environment()
-    shapes = {layer.name: list(layer.input_shape) for layer in layers}
-    environment["fingerprint"] = timing_fingerprint(environment, hardware, shapes, LEVELS)
     environment.update(
         device=str(device), dtype=hardware.dtype, cuda_graphs=use_graphs, timer="cuda events" if device.type == "cuda" else "wall clock",
         end_to_end={"dense": end_to_end.to_json()}, kernels=kernel_records, unstable_rows=unstable,
@@ -220,7 +202,7 @@ def _profile_layer(
         calls = _calls_per_sample(device, variants["dense"])
         if use_graphs:
             variants, graph_note = _graphed(variants)
-        stats = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread, timer=_timer(device, calls))
+        stats = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread, timer=device_timer(device, calls))
     dense_seconds = stats["dense"].median
     if not candidates:
         note = f"dense only: {reason}"
@@ -233,58 +215,3 @@ def _profile_layer(
     note = f"2:4 kernel: {best}"
     row = LayerTimes(name, tuple(LEVELS), (dense_seconds, stats[best].median), "; ".join(filter(None, [note, graph_note])))
     return row, record, stats
-
-
-# ---------------------------------------------------------------------------- verify
-def build_semi24_model(model: nn.Module, levels: dict[str, str], kernels: Kernels, recorded: dict) -> nn.Module:
-    """A copy of ``model`` (already on the device, in the dtype) with a 2:4 kernel in every layer at "2:4".
-
-    ``recorded``: the timing table's ``environment["kernels"]`` (backend and alg_id per layer)."""
-    sparse = copy.deepcopy(model)
-    for name, level in levels.items():
-        if level == DENSE:
-            continue
-        if level != TWO_FOUR_LEVEL:
-            raise VerifyError(f"layer {name}: level {level!r} has no kernel on hardware.backend 'cuda-2:4' (dense or 2:4 only)")
-        module = sparse.get_submodule(name)
-        reason = kernels.ineligibility(module)
-        if reason is not None:
-            raise VerifyError(f"layer {name} is at 2:4 but cannot run 2:4 here: {reason}")
-        if not satisfies_nm(module.weight, TWO_FOUR):
-            raise VerifyError(f"layer {name} is at 2:4 but its weight is not 2:4 (more than 2 non-zeros in a group of 4)")
-        parent_name, _, child = name.rpartition(".")
-        parent = sparse.get_submodule(parent_name) if parent_name else sparse
-        setattr(parent, child, kernels.build(module, recorded.get(name)))
-    return sparse.eval()
-
-
-def verify_cuda24(
-    loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table, hardware, predicted: float, *,
-    device: str | torch.device = "cuda", kernels: Kernels | None = None,
-) -> dict:
-    """Check the 2:4 model's output, then measure dense vs 2:4 end to end; the ``verify`` event fields
-    (the same keys as ``engine.verify.verify``)."""
-    device = torch.device(device)
-    check_device(device)
-    dtype = torch_dtype(hardware.dtype)
-    kernels = kernels or Semi24Kernels(dtype)
-    inputs = inputs_on(example_inputs, device, dtype)
-    with_zeros = on_device(final, device, dtype)
-    sparse_model = build_semi24_model(with_zeros, levels, kernels, (table.environment or {}).get("kernels", {}))
-    expected = _forward(loaded, with_zeros, inputs).float()
-    got = _forward(loaded, sparse_model, inputs).float()
-    del with_zeros
-    error = float((got - expected).abs().max())
-    scale = float(expected.abs().max()) or 1.0
-    tolerance = TOLERANCE[dtype]
-    if not error <= tolerance * scale:
-        raise VerifyError(
-            f"2:4 kernels disagree with the pruned model computed densely in {hardware.dtype}: max abs difference "
-            f"{error:.3g} > {tolerance:g} x max |output| ({scale:.3g})"
-        )
-    dense_model = on_device(loaded.model, device, dtype)
-    stats = time_interleaved(
-        {"dense": lambda: _forward(loaded, dense_model, inputs), "sparse": lambda: _forward(loaded, sparse_model, inputs)},
-        warmup=hardware.warmup, repeats=hardware.repeats, max_spread=hardware.max_spread, timer=_timer(device, 1),
-    )
-    return outcome(predicted, stats["dense"], stats["sparse"], table.dense_baseline or f"torch-{hardware.dtype}", error)

@@ -23,7 +23,7 @@ change from round to round.  Each round also runs one all-dense pass at a random
 and a cell's median is its time in the average company of the other layers' levels.  A cell (or
 the base) whose relative interquartile range exceeds ``max_spread`` (and whose IQR exceeds
 MIN_IQR_SECONDS) gets ``rounds`` more samples, up to ``retries`` times, and its median is taken
-over all of them.  (Unlike ``engine.timing.measure``, which keeps the steadiest attempt, samples
+over all of them.  (Unlike ``engine.core.measure``, which keeps the steadiest attempt, samples
 are pooled: much of a cell's spread here is real, its neighbours' levels changing, and more
 samples make its median more precise.)  A retry's rounds only hold as many passes as the layer
 with the most unsteady levels needs (the other layers run random levels in them), so
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.grid import DENSE
-from engine.sparse.modules import replace_submodule
-from engine.timing.measure import Stats, summarise
+from engine.core.grid import DENSE
+from engine.runtime.modules import replace_submodule
+from engine.core.measure import Stats, summarise
 
 Progress = Callable[[str, str, float, int, int], None]
 

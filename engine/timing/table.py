@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import atomic
-from engine.grid import level_sparsity, sort_levels
+from engine.core import atomic
+from engine.core.grid import level_sparsity, sort_levels
 
 JSON_FORMAT = "spdy-tui/timings"
 JSON_VERSION = 1

@@ -1,0 +1,337 @@
+"""Exports of a finished run: the files a user takes away from ``runs/<name>/``.
+
+Every writer is a pure function of its arguments that writes one product into the run directory
+atomically (``engine.core.atomic``), so a killed export never leaves a half-written file:
+
+    result.json          allocation, speedups, losses, baselines (``engine.export.result`` owns it)
+    profile.txt          the original SPDY format, one "<level> <layer name>" line per layer
+    recipe.yaml          SparseML recipe: gradual magnitude pruning to each layer's final sparsity
+                         (the schedule of engine.export.schedule, which `spdy finetune` runs)
+    torchao_config.json  torch.ao.pruning WeightNormSparsifier config, one entry per pruned weight
+    pruned.safetensors   the pruned state dict (exact zeros), loadable in plain PyTorch
+    report.md            human summary, with loss_curve.png and allocation.png beside it
+
+A layer is a mapping ``{"name", "level", "time"}`` as in ``result["layers"]`` (time in seconds);
+a level is a grid label: "0.7844", "0.0000" (dense) or an N:M pattern such as "2:4".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from engine.core.atomic import write_bytes, write_text
+from engine.core.grid import level_sparsity, parse_nm
+from engine.export.result import plain_json
+from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
+from engine.export.schedule import GMPSchedule
+
+# Module names that are safe as plain YAML scalars and as one whitespace-free profile.txt field.
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _write(run_dir: str | os.PathLike, name: str, content: str | bytes) -> Path:
+    path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (write_text if isinstance(content, str) else write_bytes)(path, content)
+    return path
+
+
+def _checked_name(layer: Mapping, file: str) -> str:
+    if not _PARAM_NAME.match(layer["name"]):
+        raise ValueError(f"layer name {layer['name']!r} cannot be written to {file}")
+    return layer["name"]
+
+
+def _pruned(layers: Iterable[Mapping]) -> list[Mapping]:
+    return [layer for layer in layers if level_sparsity(layer["level"]) > 0.0]
+
+
+# --- profile.txt (original SPDY format) ------------------------------------------------------
+def _profile_label(level: str) -> str:
+    return level if parse_nm(level) else f"{level_sparsity(level):.4f}"
+
+
+def write_profile_txt(run_dir: str | os.PathLike, layers: Sequence[Mapping]) -> Path:
+    """One ``<level> <layer name>`` line per layer, in execution order, dense layers included."""
+    lines = [f"{_profile_label(layer['level'])} {_checked_name(layer, 'profile.txt')}\n" for layer in layers]
+    return _write(run_dir, "profile.txt", "".join(lines))
+
+
+def read_profile_txt(path: str | os.PathLike) -> dict[str, str]:
+    """Layer name -> level label. Layers a profile does not list are dense (original convention)."""
+    levels: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 2:
+                raise ValueError("expected '<level> <layer name>'")
+            level, name = fields
+            level_sparsity(level)
+            if name in levels:
+                raise ValueError(f"layer {name} listed twice")
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: {error}") from None
+        levels[name] = level
+    return levels
+
+
+# --- recipe.yaml (SparseML) ------------------------------------------------------------------
+_RECIPE_HEADER = """\
+# SparseML recipe written by spdy-tui from an SPDY run's allocation.
+# Gradual magnitude pruning (GMP): every listed weight goes from init_sparsity to its
+# final_sparsity on the cubic schedule, s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3,
+# its masks recomputed every pruning_update_frequency epochs from the start of
+# pruning_start_epoch (t0) and set to final_sparsity at the start of pruning_end_epoch (t1);
+# leave_enabled keeps the masks on while training continues to num_epochs. One
+# !GMPruningModifier per distinct (init, final, mask type); layers SPDY left dense are not listed.
+# Layers whose final sparsity is at most init_sparsity start at it. N:M layers use mask_type
+# "2:4" (quoted: YAML 1.1 reads a bare 2:4 as the number 124) and start at their final
+# sparsity, because SparseML's N:M mask creator accepts no other target.
+# `spdy finetune` runs exactly this schedule. Format: SparseML recipes, version 1.1.0
+# (variables + eval()); params are the model's parameter names; pass it as --recipe.
+"""
+
+
+def write_recipe(run_dir: str | os.PathLike, layers: Sequence[Mapping], schedule: GMPSchedule = DEFAULT_SCHEDULE) -> Path:
+    """``recipe.yaml``: a SparseML GMP recipe reaching each pruned layer's level at ``schedule.end_epoch``.
+
+    The schedule (``engine.export.schedule``) is the one `spdy finetune` follows; its defaults live there."""
+    groups: dict[tuple[str, str, str], list[str]] = {}  # (init sparsity, final sparsity, mask type) -> params
+    for layer in _pruned(layers):
+        name, level = _checked_name(layer, "recipe.yaml"), layer["level"]
+        nm = parse_nm(level)
+        final = f"{nm.sparsity:g}" if nm else _profile_label(level)
+        starts_final = nm is not None or schedule.layer_init(level) < schedule.init_sparsity
+        init = final if starts_final else "eval(init_sparsity)"
+        key = (init, final, f'"{nm.label}"' if nm else "unstructured")
+        groups.setdefault(key, []).append(f"{name}.weight")
+    lines = [_RECIPE_HEADER + "version: 1.1.0\n", "# General Variables",
+             f"num_epochs: {float(schedule.num_epochs)!r}", f"init_sparsity: {float(schedule.init_sparsity)!r}",
+             f"pruning_start_epoch: {float(schedule.start_epoch)!r}", f"pruning_end_epoch: {float(schedule.end_epoch)!r}",
+             f"pruning_update_frequency: {float(schedule.update_frequency)!r}", "",
+             "training_modifiers:", "  - !EpochRangeModifier", "    start_epoch: 0.0",
+             "    end_epoch: eval(num_epochs)", "", "pruning_modifiers:" + ("" if groups else " []")]
+    for (initial, final_sparsity, mask_type), params in groups.items():
+        lines += ["  - !GMPruningModifier", "    params:", *(f"      - {param}" for param in params),
+                  f"    init_sparsity: {initial}", f"    final_sparsity: {final_sparsity}",
+                  "    start_epoch: eval(pruning_start_epoch)", "    end_epoch: eval(pruning_end_epoch)",
+                  "    update_frequency: eval(pruning_update_frequency)", "    inter_func: cubic",
+                  f"    mask_type: {mask_type}", "    leave_enabled: True", ""]
+    return _write(run_dir, "recipe.yaml", "\n".join(lines).rstrip("\n") + "\n")
+
+
+def read_recipe_schedule(path: str | os.PathLike) -> GMPSchedule:
+    """The ``GMPSchedule`` of a recipe written by ``write_recipe`` (from its General Variables)."""
+    text = Path(path).read_text(encoding="utf-8")
+    values = {}
+    for key in ("num_epochs", "init_sparsity", "pruning_start_epoch", "pruning_end_epoch", "pruning_update_frequency"):
+        match = re.search(rf"^{key}: (\S+)$", text, flags=re.M)
+        if match is None:
+            raise ValueError(f"{path}: no variable {key}")
+        try:
+            values[key] = float(match.group(1))
+        except ValueError:
+            raise ValueError(f"{path}: {key} is not a number ({match.group(1)})") from None
+    whole = {key: values[key] for key in values if key != "init_sparsity"}
+    if any(value != int(value) for value in whole.values()):
+        raise ValueError(f"{path}: epochs must be whole numbers for spdy-tui's schedule")
+    return GMPSchedule(
+        init_sparsity=values["init_sparsity"], start_epoch=int(values["pruning_start_epoch"]),
+        end_epoch=int(values["pruning_end_epoch"]), num_epochs=int(values["num_epochs"]),
+        update_frequency=int(values["pruning_update_frequency"]),
+    )
+
+
+def read_recipe_targets(path: str | os.PathLike) -> dict[str, float]:
+    """Param name -> final_sparsity of the pruning modifiers in a recipe written by ``write_recipe``."""
+    targets: dict[str, float] = {}
+    for modifier in re.split(r"^ *- !", Path(path).read_text(encoding="utf-8"), flags=re.M)[1:]:
+        params = re.findall(r"^ {6}- (\S+)$", modifier, flags=re.M)
+        final_sparsity = re.search(r"^ {4}final_sparsity: (\S+)$", modifier, flags=re.M)
+        if not params:
+            continue
+        try:
+            targets.update(dict.fromkeys(params, float(final_sparsity.group(1))))
+        except (AttributeError, ValueError):
+            raise ValueError(f"{path}: the modifier for {params[0]} has no numeric final_sparsity") from None
+    return targets
+
+
+# --- torchao_config.json (torch.ao.pruning) --------------------------------------------------
+def write_torchao_config(run_dir: str | os.PathLike, layers: Sequence[Mapping]) -> Path:
+    """Config for ``torch.ao.pruning.WeightNormSparsifier().prepare(model, config)``.
+
+    The sparsifier zeroes ``sparsity_level`` of the blocks of ``sparse_block_shape`` and then
+    ``zeros_per_block`` inside each block, so unstructured levels use 1x1 blocks and an N:M level
+    sparsifies every 1xM block (level 1.0) with M-N zeros each. It masks 2-D (nn.Linear) weights
+    only: its mask code fails on 4-D convolution weights (torch 2.14).
+    """
+    config = []
+    for layer in _pruned(layers):
+        nm = parse_nm(layer["level"])
+        entry = {"tensor_fqn": f"{layer['name']}.weight"}
+        if nm:
+            entry.update(sparsity_level=1.0, sparse_block_shape=[1, nm.m], zeros_per_block=nm.m - nm.n)
+        else:
+            entry.update(sparsity_level=level_sparsity(layer["level"]), sparse_block_shape=[1, 1], zeros_per_block=1)
+        config.append(entry)
+    return _write(run_dir, "torchao_config.json", json.dumps(config, indent=2) + "\n")
+
+
+# --- pruned.safetensors ----------------------------------------------------------------------
+def write_pruned_weights(run_dir: str | os.PathLike, model: torch.nn.Module, metadata: Mapping) -> Path:
+    """The model's full state dict as safetensors (``load_file`` + ``load_state_dict`` reload it).
+
+    Tensors sharing storage (tied weights) are cloned, since safetensors refuses shared storage.
+    Metadata values that are not strings are stored as JSON; if ``metadata["allocation"]`` maps
+    layer names to levels, each such ``<layer>.weight`` must hold at least that many exact zeros.
+    """
+    state: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        state[key] = tensor
+    for name, level in dict(metadata.get("allocation", {})).items():
+        weight = state.get(f"{name}.weight")
+        if weight is None:
+            raise ValueError(f"allocation names {name}, which has no {name}.weight in the model")
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
+        if zeros < math.floor(level_sparsity(level) * weight.numel()) - 1:
+            raise ValueError(f"{name}.weight has {zeros}/{weight.numel()} zeros, level {level} needs more: "
+                             "is the pruned (stitched) model being saved?")
+    text_metadata = {"format": "pt"}
+    text_metadata.update({str(key): value if isinstance(value, str) else json.dumps(plain_json(value))
+                          for key, value in metadata.items()})
+    return _write(run_dir, "pruned.safetensors", safetensors_bytes(state, metadata=text_metadata))
+
+
+# --- report.md with its plots ----------------------------------------------------------------
+def _figure(width: float, height: float):
+    # The object API with the Agg canvas: no pyplot state, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _title_and_legend(axes, title: str) -> None:
+    # Title, then the legend in one row, both above the plot so neither hides data.
+    axes.set_title(title, loc="left", pad=20)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, fontsize=8, frameon=False,
+                    borderaxespad=0.1, borderpad=0.0)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _loss_curve_png(evaluations: Sequence[tuple]) -> bytes:
+    figure = _figure(6.4, 3.6)
+    axes = figure.add_subplot()
+    dots = [(n, loss) for n, loss, _ in evaluations if _finite(loss)]
+    line = [(n, best) for n, _, best in evaluations if _finite(best)]
+    if dots:
+        axes.plot(*zip(*dots), ".", color="tab:blue", alpha=0.5, markersize=4, label="evaluation")
+    if line:
+        axes.plot(*zip(*line), color="tab:red", drawstyle="steps-post", label="best so far")
+    values = [loss for _, loss in dots]
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        axes.set_yscale("log")
+    axes.set_xlabel("evaluation")
+    axes.set_ylabel("calibration loss")
+    _title_and_legend(axes, "SPDY search")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _allocation_png(layers: Sequence[Mapping], uniform_levels) -> bytes:
+    names = [layer["name"] for layer in layers]
+    figure = _figure(max(6.4, 0.28 * len(names) + 1.5), 4.2)
+    axes = figure.add_subplot()
+    positions = range(len(names))
+    for want_nm, color, label in ((False, "tab:blue", "SPDY, unstructured"), (True, "tab:orange", "SPDY, N:M")):
+        bars = [(x, level_sparsity(layer["level"])) for x, layer in enumerate(layers)
+                if bool(parse_nm(layer["level"])) == want_nm]
+        if bars:
+            axes.bar(*zip(*bars), color=color, label=label)
+    if uniform_levels:
+        levels = [uniform_levels[name] for name in names] if isinstance(uniform_levels, Mapping) else uniform_levels
+        axes.step(positions, [level_sparsity(level) for level in levels], where="mid",
+                  color="black", linestyle="--", linewidth=1.2, label="uniform baseline")
+    axes.set_xticks(list(positions), names, rotation=90, fontsize=7)
+    axes.set_xlim(-0.6, len(names) - 0.4)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("sparsity")
+    _title_and_legend(axes, "Per-layer sparsity (no bar = dense)")
+    axes.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def _number(value, spec: str = ".4g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _baseline_row(name: str, entry: Mapping) -> str:
+    loss = entry["loss"]
+    return (f"| {name} | {_number(entry['predicted_speedup'], '.3f')}x | {_number(loss['calibration'])} | "
+            f"{_number(loss['heldout'])} |")
+
+
+def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Sequence[tuple],
+                 environment: Mapping) -> Path:
+    """``report.md`` plus ``loss_curve.png`` (``evaluations`` as ``(n, loss, best)``) and ``allocation.png``,
+    where ``baselines["uniform"]["levels"]`` (a list in layer order, or name -> level) is the reference line."""
+    layers, baselines, loss = result["layers"], result["baselines"], result["loss"]
+    _write(run_dir, "loss_curve.png", _loss_curve_png(evaluations))
+    _write(run_dir, "allocation.png", _allocation_png(layers, baselines.get("uniform", {}).get("levels")))
+    heldout = result.get("heldout_metric", "held-out metric")
+    measured = result["measured_speedup"]
+    total_time = result.get("budget") or sum(layer["time"] for layer in layers) or 1.0
+    lines = [
+        "# SPDY run report", "",
+        f"- Target speedup: **{result['target_speedup']:.2f}x**",
+        f"- Predicted speedup (timing table): **{result['predicted_speedup']:.2f}x**",
+        f"- Measured speedup (end to end, sparse kernels): **{measured:.2f}x**" if measured is not None
+        else "- Measured speedup: not measured yet (run `spdy verify`)",
+        f"- Dense baseline: `{result['dense_baseline']}` (every speedup is relative to this dense path)",
+        f"- Calibration loss {_number(loss['calibration'])}, {heldout} {_number(loss['heldout'])}",
+        f"- Seed {result['seed']}, {result['evaluations']} evaluations", "",
+        "## Allocation", "", "| # | layer | level | time (ms) | share of budget |", "|---:|---|---:|---:|---:|",
+        *(f"| {index} | `{layer['name']}` | {layer['level']} | {layer['time'] * 1e3:.3f} | "
+          f"{layer['time'] / total_time:.1%} |" for index, layer in enumerate(layers, start=1)),
+        "", "Share of budget: the layer's predicted time over the time budget of the layers "
+        "(base / target - (base - prunable)), or over their summed time when no budget is recorded.", "",
+        "## Baselines", "", f"| allocation | predicted speedup | calibration loss | {heldout} |",
+        "|---|---:|---:|---:|",
+        _baseline_row("**SPDY**", result), *(_baseline_row(name, entry) for name, entry in baselines.items()),
+        "", "## Search", "", "![calibration loss of every evaluation](loss_curve.png)", "",
+        "## Per-layer sparsity", "", "![per-layer sparsity](allocation.png)", "",
+        "## Environment", "", "```",
+        *(f"{key}: {value if isinstance(value, str) else json.dumps(plain_json(value))}"
+          for key, value in environment.items()),
+        "```", "",
+    ]
+    return _write(run_dir, "report.md", "\n".join(lines))

@@ -1,0 +1,335 @@
+"""Calibration and held-out data: built once per run from the profile's [data] section.
+
+A source's samples are shuffled with ``run.seed``; the first ``data.calibration_samples`` form
+the calibration set and the last ``data.heldout_samples`` the held-out set, so the two are
+disjoint and the held-out set does not move when the calibration size changes.  Both are cut
+into batches of ``data.batch_size``.
+
+Sources: ``stdlib-docstrings`` (the default offline corpus: sentences from the docstrings of the
+Python standard library), ``text`` (a file, one sample per line; blank and repeated lines
+dropped), ``imagefolder`` (torchvision ``ImageFolder``, ImageNet preprocessing), ``tensors``
+(.pt / .npy / .safetensors), ``digits`` (scikit-learn's 8x8 digits in the fixed seeded
+train / calibration / held-out split the digits model is trained on; the first samples of each
+part are taken) and ``model`` (the batches a ``model.kind = "python"`` function supplies, taken
+in order).  Text is tokenised by the model's own tokenizer to ``data.seq_len`` tokens.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import pickle
+import random
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+
+from engine.core.profile import Profile
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+# What torch.load / numpy.load / safetensors raise on a missing, truncated or foreign file.
+TENSOR_FILE_ERRORS = (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError)
+
+
+class DataError(ValueError):
+    """The profile's data cannot be built; the message names the key or the file."""
+
+
+@dataclass
+class Batch:
+    inputs: Inputs  # a tensor, or a dict of tensors (tokenised text), first dimension = samples
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        first = next(iter(self.inputs.values())) if isinstance(self.inputs, dict) else self.inputs
+        return int(first.shape[0])
+
+
+@dataclass
+class Data:
+    calibration: list[Batch]
+    heldout: list[Batch]
+
+    @property
+    def has_labels(self) -> bool:
+        return all(batch.labels is not None for batch in self.calibration + self.heldout)
+
+
+# ---------------------------------------------------------------------------- splitting
+def _select(inputs: Inputs, index: Sequence[int]) -> Inputs:
+    index = torch.as_tensor(list(index), dtype=torch.long)
+    if isinstance(inputs, dict):
+        return {key: value[index] for key, value in inputs.items()}
+    return inputs[index]
+
+
+def _batches(inputs: Inputs, labels: torch.Tensor | None, index: Sequence[int], batch_size: int) -> list[Batch]:
+    """The samples ``index`` (in that order) cut into batches of ``batch_size``."""
+    batches = []
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        batches.append(Batch(_select(inputs, chunk), None if labels is None else _select(labels, chunk)))
+    return batches
+
+
+def split_indices(count: int, profile: Profile, what: str) -> tuple[list[int], list[int]]:
+    """Seeded shuffle of ``range(count)``: calibration from the front, held-out from the back."""
+    calibration, heldout = profile.data.calibration_samples, profile.data.heldout_samples
+    if calibration + heldout > count:
+        raise DataError(
+            f"{what} has {count} samples, fewer than data.calibration_samples ({calibration}) "
+            f"+ data.heldout_samples ({heldout})"
+        )
+    order = list(range(count))
+    random.Random(profile.run.seed).shuffle(order)
+    return order[:calibration], order[count - heldout :]
+
+
+def _split(inputs: Inputs, labels: torch.Tensor | None, profile: Profile, what: str) -> Data:
+    count = len(Batch(inputs))
+    calibration, heldout = split_indices(count, profile, what)
+    size = profile.data.batch_size
+    return Data(_batches(inputs, labels, calibration, size), _batches(inputs, labels, heldout, size))
+
+
+# ---------------------------------------------------------------------------- text
+_SKIPPED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings", "pydoc_data"}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+MIN_SENTENCE_CHARS = 40
+_CODE_CHARACTERS = set("=[]{}<>#|`*\\")
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _is_prose(sentence: str) -> bool:
+    """Long enough, mostly letters, no code characters: drops examples, tables and signatures."""
+    letters = sum(char.isalpha() or char == " " for char in sentence)
+    return len(sentence) >= MIN_SENTENCE_CHARS and letters >= 0.85 * len(sentence) and not _CODE_CHARACTERS & set(sentence)
+
+
+def docstring_sentences(root: Path) -> tuple[str, ...]:
+    """Unique prose sentences from the docstrings of the Python sources under ``root``, in a fixed order.
+
+    Source files are parsed with ``ast`` (nothing is imported or executed) in sorted path order;
+    module, class and function docstrings are split into paragraphs, then sentences, whitespace
+    is normalised, and sentences that are short or not prose are dropped; duplicates keep their
+    first occurrence.  Generated modules (encodings, pydoc_data) and test suites are skipped.
+    """
+    files = sorted(path for path in root.rglob("*.py") if not _SKIPPED_STDLIB_PARTS & set(path.relative_to(root).parts[:-1]))
+    unique: dict[str, None] = {}
+    for path in files:
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue  # e.g. lib2to3 grammar fixtures written for Python 2
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                for paragraph in (ast.get_docstring(node) or "").split("\n\n"):
+                    for sentence in _SENTENCE_END.split(_normalise(paragraph)):
+                        if _is_prose(sentence):
+                            unique.setdefault(sentence)
+    return tuple(unique)
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_sentences() -> tuple[str, ...]:
+    """The default offline corpus: docstring sentences of this Python's standard library (~12k for 3.11)."""
+    return docstring_sentences(Path(sysconfig.get_paths()["stdlib"]))
+
+
+def text_lines(path: str | Path, what: str) -> list[str]:
+    """The distinct non-blank lines of a text file, whitespace normalised; ``what`` names the file in errors."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what}: cannot read the text file: {exc}") from None
+    return list(dict.fromkeys(line for line in map(_normalise, text.splitlines()) if line))
+
+
+def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: str) -> Data:
+    if tokenizer is None:
+        raise DataError(f"data.source {profile.data.source!r} is text, but model.kind {profile.model.kind!r} has no tokenizer")
+    calibration, heldout = split_indices(len(samples), profile, what)
+
+    def encode(index: list[int]) -> list[Batch]:
+        if not index:
+            return []
+        encoded = tokenizer(
+            [samples[i] for i in index], padding="max_length", truncation=True, max_length=profile.data.seq_len, return_tensors="pt"
+        )
+        return _batches(dict(encoded), None, range(len(index)), profile.data.batch_size)
+
+    return Data(encode(calibration), encode(heldout))
+
+
+def trimmed_by_length(batches: list[Batch]) -> list[Batch]:
+    """The same text samples regrouped shortest first, each batch cut to its longest sample.
+
+    With padding on the right and the attention mask excluding padded keys (and the mean pooling
+    excluding padded tokens), a real token's output does not depend on how much padding follows,
+    so every sample's output, and with it a per-sample loss, is unchanged up to float rounding.
+    Batch sizes are kept in order, so with equal batch sizes the mean of per-batch means is still
+    the mean over all samples.  Short batches come first, which also lets early abandon stop a
+    hopeless candidate after the cheapest work.  Inputs without an ``attention_mask`` are returned
+    as they are.
+    """
+    if not batches or not isinstance(batches[0].inputs, dict) or "attention_mask" not in batches[0].inputs:
+        return batches
+    inputs = {key: torch.cat([batch.inputs[key] for batch in batches]) for key in batches[0].inputs}
+    labels = None if batches[0].labels is None else torch.cat([batch.labels for batch in batches])
+    lengths = inputs["attention_mask"].sum(dim=1)
+    order = sorted(range(len(lengths)), key=lambda i: (int(lengths[i]), i))
+    regrouped, start = [], 0
+    for batch in batches:
+        index = order[start : start + len(batch)]
+        start += len(batch)
+        longest = max(int(lengths[i]) for i in index)
+        chunk = {key: value[:, :longest].contiguous() for key, value in _select(inputs, index).items()}
+        regrouped.append(Batch(chunk, None if labels is None else _select(labels, index)))
+    return regrouped
+
+
+# ---------------------------------------------------------------------------- images and tensors
+DIGITS_CALIBRATION = 285
+DIGITS_HELDOUT = 512
+
+
+def digits_split(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 1797 digits as (images N x 1 x 8 x 8 in [0, 1], labels), split by ``seed``
+    into ``train`` (1000), ``calibration`` (285) and ``heldout`` (512)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    train_end = len(labels) - DIGITS_CALIBRATION - DIGITS_HELDOUT
+    parts = {"train": order[:train_end], "calibration": order[train_end:-DIGITS_HELDOUT], "heldout": order[-DIGITS_HELDOUT:]}
+    return {name: (images[index], labels[index]) for name, index in parts.items()}
+
+
+def _first(inputs: Inputs, labels: torch.Tensor | None, profile: Profile, part: str, what: str) -> list[Batch]:
+    """The first ``data.<part>_samples`` of an already split part, in batches."""
+    key = f"{part}_samples"
+    wanted, available = getattr(profile.data, key), len(Batch(inputs))
+    if wanted > available:
+        raise DataError(f"data.{key} = {wanted} exceeds the {available} {part} samples of {what}")
+    return _batches(inputs, labels, range(wanted), profile.data.batch_size)
+
+
+def _digits(profile: Profile) -> Data:
+    split = digits_split(profile.run.seed)
+    return Data(*(_first(*split[part], profile, part, "the digits split") for part in ("calibration", "heldout")))
+
+
+def _imagefolder(profile: Profile) -> Data:
+    from torchvision import datasets, transforms
+
+    size = profile.data.image_size
+    transform = transforms.Compose([
+        transforms.Resize(round(size / 0.875)),  # the usual ImageNet evaluation crop ratio
+        transforms.CenterCrop(size),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    try:
+        folder = datasets.ImageFolder(profile.data.path, transform=transform)
+    except OSError as exc:
+        raise DataError(f"data.path {profile.data.path!r}: not an image folder (one sub-folder per class): {exc}") from None
+    calibration, heldout = split_indices(len(folder), profile, f"image folder {profile.data.path!r}")
+
+    def load(index: list[int]) -> list[Batch]:
+        if not index:
+            return []
+        images, labels = zip(*(folder[i] for i in index))
+        return _batches(torch.stack(images), torch.tensor(labels), range(len(index)), profile.data.batch_size)
+
+    return Data(load(calibration), load(heldout))
+
+
+TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
+
+
+def read_tensor_file(path: str | Path, what: str) -> tuple[Inputs, torch.Tensor | None]:
+    """(inputs, labels) of a tensor file: a single tensor, or named tensors with optional ``labels``
+    and either ``inputs`` or the model's keyword inputs (e.g. ``input_ids`` and ``attention_mask``).
+    Never unpickles; ``what`` names the file in errors."""
+    suffix = Path(path).suffix
+    if suffix not in TENSOR_SUFFIXES:
+        raise DataError(f"{what}: expected a .pt, .npy or .safetensors file")
+    try:
+        if suffix == ".npy":
+            content: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            content = load_file(str(path))
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except TENSOR_FILE_ERRORS as exc:
+        raise DataError(f"{what}: cannot load tensors: {exc}") from None
+    if isinstance(content, torch.Tensor):
+        return content, None
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise DataError(f"{what}: expected a tensor or a dict of tensors")
+    content = dict(content)
+    labels = content.pop("labels", None)
+    inputs = content.pop("inputs", None)
+    if inputs is None:
+        inputs = next(iter(content.values())) if len(content) == 1 else content
+    if not isinstance(inputs, torch.Tensor) and not inputs:
+        raise DataError(f"{what}: no input tensors besides 'labels'")
+    counts = {len(value) for value in ([inputs] if isinstance(inputs, torch.Tensor) else inputs.values())}
+    if len(counts) != 1 or (labels is not None and len(labels) not in counts):
+        raise DataError(f"{what}: tensors disagree on the number of samples (first dimension)")
+    return inputs, labels
+
+
+def _tensors(profile: Profile) -> Data:
+    path = profile.data.path
+    inputs, labels = read_tensor_file(path, f"data.path {path!r}")
+    return _split(inputs, labels, profile, f"tensor file {path!r}")
+
+
+def _from_model(profile: Profile, supplied: tuple[list, list] | None) -> Data:
+    what = f"model.python {profile.model.python!r}"
+    if supplied is None:
+        raise DataError("data.source 'model' needs model.kind 'python' with a function that returns calibration and held-out batches")
+    parts = []
+    for part, batches in zip(("calibration", "heldout"), supplied):
+        pairs = [batch if isinstance(batch, tuple) else (batch, None) for batch in batches]
+        if any(len(pair) != 2 or not isinstance(pair[0], torch.Tensor) for pair in pairs):
+            raise DataError(f"{what}: {part} must be a list of tensors or (inputs, labels) tuples of tensors")
+        inputs = torch.cat([inputs for inputs, _ in pairs]) if pairs else torch.empty(0)
+        labelled = pairs and all(labels is not None for _, labels in pairs)
+        labels = torch.cat([labels for _, labels in pairs]) if labelled else None
+        parts.append(_first(inputs, labels, profile, part, what))
+    return Data(*parts)
+
+
+def build_data(profile: Profile, tokenizer: Any = None, supplied: tuple[list, list] | None = None) -> Data:
+    """The calibration and held-out batches ``profile.data`` describes.
+
+    ``tokenizer`` is the model's (text sources); ``supplied`` is the (calibration, heldout) batches a
+    ``model.kind = "python"`` function returned (``data.source = "model"``).
+    """
+    source = profile.data.source
+    if source == "stdlib-docstrings":
+        return _tokenised(stdlib_sentences(), tokenizer, profile, "the stdlib-docstrings corpus")
+    if source == "text":
+        return _tokenised(text_lines(profile.data.path, f"data.path {profile.data.path!r}"), tokenizer, profile, f"text file {profile.data.path!r}")
+    if source == "imagefolder":
+        return _imagefolder(profile)
+    if source == "digits":
+        return _digits(profile)
+    if source == "tensors":
+        return _tensors(profile)
+    return _from_model(profile, supplied)

@@ -1,0 +1,387 @@
+"""`spdy finetune`: gradual magnitude pruning (GMP) to a finished run's allocation, with fine-tuning.
+
+Starting from the dense model, every pruned layer goes from its initial sparsity to its
+allocated level on the cubic schedule of ``engine.export.schedule`` (the schedule ``recipe.yaml``
+describes), its mask recomputed by magnitude at the start of every update epoch and enforced
+around every optimiser step (``engine.recovery.gmp``); training continues with the final masks until
+``num_epochs``.  The last update leaves every layer with exactly round(numel * s) zeros.
+
+The training loss, by model kind (``engine.model.losses``; ``--loss`` overrides it):
+
+    classifier with labels   cross-entropy     L = 1/N sum_i -log softmax(c_i)[y_i]
+    encoder                  distillation      L = 1/N sum_i 1 - cos(c_i, d_i)   (or mse)
+    classifier, no labels    distillation      L = 1/N sum_i KL(softmax(d_i) || softmax(c_i))
+
+with c_i the pruned model's output, d_i the dense model's (computed once, ``teacher.safetensors``)
+and y_i the label.  Training data: the digits ``train`` split (data.source "digits"), the text
+corpus without the held-out samples (text sources: any training sentence whose tokens equal a
+held-out sample's is dropped), or ``--data FILE``: a text file (one sample per line, text models)
+or a tensor file (.safetensors / .pt / .npy: ``inputs`` or the model's keyword inputs, optional
+``labels``).  Batches are drawn in an order seeded by (run.seed, epoch), and dropout is seeded the
+same way, so an epoch re-run after a resume is the epoch an uninterrupted run would have run.
+
+Products, in ``RUN_DIR/finetune/`` (``finetune-<name>/`` for a baseline's allocation):
+
+    state.json, checkpoint-NNNN/   progress after every epoch (``engine.recovery.checkpoint``)
+    teacher.safetensors            the dense model's outputs on the training data (distillation)
+    pruned.safetensors             the fine-tuned weights, exact zeros, loadable in plain PyTorch
+    recipe.yaml                    the SparseML recipe of exactly this schedule
+    result.json                    held-out metrics (gradual vs one-shot) and the measured speedup
+
+and ``finetune`` events in the run's ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.recovery import checkpoint
+from engine.core.profile import ProfileError, load_profile
+from engine.model.data import DataError
+from engine.core.events import EventLog
+from engine.export.result import ResultError, finite, read_json_object, write_json
+from engine.recovery.gmp import one_shot_magnitude
+from engine.core.grid import level_sparsity, parse_nm
+from engine.model.losses import primary_metric, resolve_loss
+from engine.core.errors import RunError
+from engine.run.context import RunContext
+from engine.export.schedule import DEFAULT, GMPSchedule
+from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
+
+DISTILLATION_LOSSES = ("kl", "cosine", "mse")
+LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
+STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user chose; None means "the default" (or, when resuming, what was chosen before)."""
+
+    allocation: str = "spdy"
+    epochs: int | None = None
+    pruning_end: int | None = None
+    init_sparsity: float | None = None
+    update_frequency: int | None = None
+    loss: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    train_samples: int | None = None  # 0 = all
+    data: str | None = None
+    threads: int | None = None  # not part of what the result means: may change on resume
+
+
+@dataclass
+class Finetune:
+    """An opened fine-tuning: the run it belongs to, its output folder and resolved settings."""
+
+    run: RunContext
+    out: Path
+    settings: dict  # every Options field resolved (threads included)
+    schedule: GMPSchedule
+    rows: list[dict]  # the allocation: {"name", "level", "time"} per layer, in execution order
+    predicted_speedup: float
+    run_heldout: float | None  # the run's own one-shot held-out metric of this allocation
+    state: dict | None  # state.json when continuing
+    epochs_done: int = 0  # epochs with a checkpoint on disk
+    verify: bool = True  # re-measure the speedup at the end (default: the profile's export.verify)
+
+    @property
+    def levels(self) -> dict[str, str]:
+        return {row["name"]: row["level"] for row in self.rows}
+
+
+# ---------------------------------------------------------------------------- opening
+def _allocation(result: dict, name: str, path: Path) -> tuple[list[dict], float, float | None]:
+    """(rows, predicted speedup, the run's held-out metric) of ``spdy`` or a baseline in result.json."""
+    layers = result.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(row, dict) and {"name", "level"} <= row.keys() for row in layers):
+        raise RunError(f"{path}: 'layers' must list {{name, level}} per layer")
+    heldout = (result.get("loss") or {}).get("heldout")
+    if name == "spdy":
+        rows, predicted = layers, result.get("predicted_speedup")
+    else:
+        baselines = result.get("baselines") or {}
+        if name not in baselines:
+            choices = ", ".join(["spdy", *baselines]) or "spdy"
+            raise RunError(f"{path}: no allocation {name!r} (choose one of {choices})")
+        entry = baselines[name]
+        if entry.get("error") or not isinstance(entry.get("levels"), list):
+            raise RunError(f"{path}: baseline {name!r} has no allocation ({entry.get('error', 'no levels')})")
+        if len(entry["levels"]) != len(layers):
+            raise RunError(f"{path}: baseline {name!r} lists {len(entry['levels'])} levels for {len(layers)} layers")
+        rows = [{"name": row["name"], "level": level} for row, level in zip(layers, entry["levels"])]
+        predicted, heldout = entry.get("predicted_speedup"), (entry.get("loss") or {}).get("heldout")
+    for row in rows:
+        try:
+            level_sparsity(row["level"])
+        except ValueError as exc:
+            raise RunError(f"{path}: layer {row['name']}: {exc}") from None
+    return [dict(row) for row in rows], predicted, heldout
+
+
+def _defaults(profile) -> dict:
+    """Schedule defaults from ``engine.export.schedule.DEFAULT``; Adam at 5e-5 for transformers, 1e-3 otherwise."""
+    transformer = profile.model.kind in ("minilm", "hf")
+    return {
+        "allocation": "spdy", "epochs": DEFAULT.num_epochs, "pruning_end": None,
+        "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
+        "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
+        "threads": profile.hardware.threads,
+    }
+
+
+def _resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
+    """Concrete settings: given options, else (resuming) the stored ones, else the defaults.
+
+    Resuming with a given option that differs from the stored one is refused."""
+    defaults = _defaults(profile)
+    settings, differ = {}, []
+    for field in fields(Options):
+        given = getattr(options, field.name)
+        before = (stored or {}).get(field.name, defaults[field.name]) if stored is not None else None
+        if stored is not None and given is not None and given != before and field.name != "threads":
+            differ.append(f"--{field.name.replace('_', '-')} {given} (was {before})")
+        settings[field.name] = given if given is not None else (before if stored is not None else defaults[field.name])
+    if differ:
+        raise RunError(f"cannot resume {out}: it was started with other settings: {'; '.join(differ)}")
+    if settings["loss"] not in LOSS_CHOICES:
+        raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
+    if not settings["lr"] > 0:
+        raise RunError(f"--lr must be positive, got {settings['lr']}")
+    if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
+        raise RunError("--batch-size and --threads must be at least 1, --train-samples at least 0")
+    return settings
+
+
+def _schedule(settings: dict) -> GMPSchedule:
+    try:
+        return GMPSchedule.for_epochs(
+            int(settings["epochs"]), settings["pruning_end"], init_sparsity=float(settings["init_sparsity"]),
+            update_frequency=int(settings["update_frequency"]),
+        )
+    except ValueError as exc:
+        raise RunError(f"--epochs / --pruning-end / --init-sparsity / --update-frequency: {exc}") from None
+
+
+def _describe(state: dict) -> str:
+    if state.get("done"):
+        return "finished"
+    return f"stopped after epoch {state['epoch']} of {state.get('settings', {}).get('epochs', '?')}"
+
+
+def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | Path | None = None,
+                  resume: bool = False, listener=None, verify: bool | None = None) -> Finetune:
+    """Check a finished run directory and open (or, with ``resume``, reopen) its fine-tuning."""
+    run_dir = Path(run_dir)
+    result_path, profile_path = run_dir / "result.json", run_dir / "profile.toml"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    if not result_path.exists():
+        raise RunError(f"{result_path}: no such file: finish `spdy run` first (fine-tuning needs its allocation)")
+    if not profile_path.exists():
+        raise RunError(f"{profile_path}: no such file: is {run_dir} a `spdy run` directory?")
+    try:
+        profile = load_profile(profile_path)
+    except ProfileError as exc:
+        raise RunError(str(exc)) from None
+    try:
+        result = read_json_object(result_path)
+    except ResultError as exc:
+        raise RunError(str(exc)) from None
+    name = options.allocation
+    rows, predicted, run_heldout = _allocation(result, name, result_path)
+    out = Path(out) if out else run_dir / ("finetune" if name == "spdy" else f"finetune-{name}")
+    try:
+        state = checkpoint.load_state(out)
+    except checkpoint.CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    if out.exists() and any(out.iterdir()) and not resume:
+        what = _describe(state) if state else "not empty"
+        raise RunError(f"{out}: a fine-tuning is already there ({what}); add --resume to continue it, or choose another --out")
+    stored = state.get("settings") if state else None
+    settings = _resolve(options, stored, profile, out)
+    if state and state.get("levels") not in (None, {row["name"]: row["level"] for row in rows}):
+        raise RunError(f"cannot resume {out}: {result_path} now holds another allocation than the one it was started with")
+    schedule = _schedule(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir / "events.jsonl", listener=listener)
+    done = state["epoch"] if state else 0
+    verify = profile.export.verify if verify is None else verify
+    return Finetune(RunContext(profile, run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify)
+
+
+# ---------------------------------------------------------------------------- pieces of the loop
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------- the run
+def execute(ft: Finetune) -> dict:
+    """Fine-tune (continuing from the last checkpoint), export, verify; returns result.json's content."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(ft.settings["threads"]))
+    log, epochs = ft.run.log, ft.schedule.num_epochs
+    try:
+        if ft.state and ft.state.get("done") and (ft.out / "result.json").exists():
+            return read_json_object(ft.out / "result.json")
+        return _train_and_export(ft)
+    except KeyboardInterrupt:
+        log.emit("finetune", phase="interrupted", epoch=ft.epochs_done, epochs=epochs)
+        raise
+    except Exception as exc:
+        log.emit("finetune", phase="failed", epoch=ft.epochs_done, epochs=epochs, message=str(exc))
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        log.close()
+
+
+def _train_and_export(ft: Finetune) -> dict:
+    from engine.recovery.gmp import GradualMasks
+    from engine.model.losses import LOSSES
+    from engine.core.masks import nm_ineligibility
+
+    run, settings, schedule, log = ft.run, ft.settings, ft.schedule, ft.run.log
+    loaded, data = run.loaded, run.data
+    unknown = [name for name in ft.levels if name not in loaded.layer_names]
+    if unknown:
+        raise RunError(f"{run.run_dir / 'result.json'}: layer {unknown[0]} is not a prunable layer of the model")
+    for name, level in ft.levels.items():
+        reason = parse_nm(level) and nm_ineligibility(loaded.module(name).weight.shape, parse_nm(level))
+        if reason:
+            raise RunError(f"layer {name}: {reason}")
+    train = training_set(ft.run.profile, ft.settings["data"], ft.settings["train_samples"], loaded, data)
+    try:
+        loss_name = resolve_loss(settings["loss"], loaded.kind, train.labels is not None, option="--loss")
+    except DataError as exc:
+        raise RunError(str(exc)) from None
+    loss_fn = LOSSES[loss_name]
+    batch_size = int(settings["batch_size"])
+    teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
+    dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
+
+    student = copy.deepcopy(loaded.model)
+    masks = GradualMasks(student, ft.levels, schedule)
+    optimizer = torch.optim.Adam(student.parameters(), lr=float(settings["lr"]))
+    start, history = 0, []
+    if ft.state:
+        try:
+            masks.load(checkpoint.restore(ft.out, ft.state, student, optimizer))
+        except (checkpoint.CheckpointError, ValueError) as exc:
+            raise RunError(f"cannot resume {ft.out}: {exc}") from None
+        start, history = int(ft.state["epoch"]), list(ft.state.get("history", []))
+    record = {"settings": settings, "schedule": schedule.as_dict(), "levels": ft.levels, "loss": loss_name}
+    log.emit("finetune", phase="started", epoch=start, epochs=schedule.num_epochs, allocation=settings["allocation"],
+             out=str(ft.out), samples=len(train), loss=loss_name, schedule=schedule.as_dict(), resume=ft.state is not None)
+
+    steps = math.ceil(len(train) / batch_size)
+    every = max(1, steps // STEP_EVENTS_PER_EPOCH)
+    for epoch in range(start, schedule.num_epochs):
+        sparsities = masks.update(epoch)
+        if sparsities is not None:
+            log.emit("finetune", phase="prune", epoch=epoch, epochs=schedule.num_epochs, sparsity=sparsities,
+                     pruned=masks.pruned_counts())
+        seed = epoch_seed(run.profile.run.seed, epoch)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        total = 0.0
+        student.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout, if the model has any
+            for step, index in enumerate(order.split(batch_size), start=1):
+                output = loaded.run_model(student, train.batch(index))
+                loss = loss_fn(output, None if teacher is None else teacher[index],
+                               None if train.labels is None else train.labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                masks.mask_gradients()
+                optimizer.step()
+                masks.apply()
+                total += float(loss.detach()) * len(index)
+                if step % every == 0 or step == steps:
+                    log.emit("finetune", phase="step", epoch=epoch, epochs=schedule.num_epochs, step=step, steps=steps,
+                             loss=float(loss.detach()))
+        student.eval()
+        metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
+        history.append({"epoch": epoch, "loss": total / len(train), "heldout": primary_metric(metrics) if metrics else None,
+                        "sparsity": masks.sparsities()})
+        checkpoint.save(ft.out, epoch + 1, student, masks.state(), optimizer, {**record, "history": history})
+        ft.epochs_done = epoch + 1
+        log.emit("finetune", phase="epoch", epoch=epoch, epochs=schedule.num_epochs, loss=total / len(train),
+                 heldout=history[-1]["heldout"], sparsity=history[-1]["sparsity"])
+    result = _export(ft, loaded, data, student, masks, dense_heldout, loss_name, history, len(train))
+    checkpoint.write_state(ft.out, {**record, "history": history, "epoch": schedule.num_epochs,
+                                    "checkpoint": checkpoint.folder_name(schedule.num_epochs), "done": True})
+    log.emit("finetune", phase="done", epoch=schedule.num_epochs, epochs=schedule.num_epochs,
+             heldout=result["heldout"]["gradual"], measured_speedup=result["measured_speedup"])
+    return result
+
+
+def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name, history, samples) -> dict:
+    from engine.export import files
+    from engine.model.losses import primary_metric_name
+    from engine.core.masks import pruned_count
+
+    levels, schedule, log = ft.levels, ft.schedule, ft.run.log
+    layers, pruned = [], masks.pruned_counts()
+    for row in ft.rows:
+        weight = student.get_submodule(row["name"]).weight
+        expected = pruned_count(weight.numel(), level_sparsity(row["level"]))
+        if pruned.get(row["name"], 0) != expected:  # cannot happen: the last update sets exact counts
+            raise RunError(f"layer {row['name']}: the final mask prunes {pruned.get(row['name'], 0)} weights, "
+                           f"level {row['level']} needs {expected}")
+        layers.append({**row, "numel": weight.numel(), "pruned": expected, "zeros": int((weight == 0).sum())})
+    files.write_pruned_weights(ft.out, student, {
+        "allocation": levels, "source": "spdy finetune", "schedule": schedule.as_dict(), "seed": ft.run.profile.run.seed,
+    })
+    files.write_recipe(ft.out, layers, schedule)
+    metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
+    one_shot = heldout(loaded, data, one_shot_magnitude(loaded, levels), dense_heldout) if dense_heldout is not None else {}
+    dense = heldout(loaded, data, loaded.model, dense_heldout) if dense_heldout is not None else {}
+    outcome = _verify(ft, loaded, student) if ft.verify else None
+    if outcome is not None:
+        log.emit("finetune", phase="verify", epoch=schedule.num_epochs, epochs=schedule.num_epochs, **outcome)
+    result = {
+        "allocation": ft.settings["allocation"],
+        "target_speedup": _run_result(ft).get("target_speedup"),
+        "predicted_speedup": finite(ft.predicted_speedup),
+        "measured_speedup": None if outcome is None else outcome["measured"],
+        "heldout_metric": primary_metric_name(loaded.kind, data.has_labels),
+        "heldout": {
+            "gradual": finite(primary_metric(metrics)) if metrics else None,
+            "one_shot_magnitude": finite(primary_metric(one_shot)) if one_shot else None,
+            "one_shot_run": finite(ft.run_heldout),
+            "dense": finite(primary_metric(dense)) if dense else None,
+        },
+        "metrics": {"gradual": metrics, "one_shot_magnitude": one_shot},
+        "layers": layers,
+        "schedule": schedule.as_dict(),
+        "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "batch_size": ft.settings["batch_size"],
+                     "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
+        "epochs": history,
+        "seed": ft.run.profile.run.seed,
+        "verify": outcome,
+    }
+    write_json(ft.out / "result.json", result)
+    return result
+
+
+def _run_result(ft: Finetune) -> dict:
+    return read_json_object(ft.run.run_dir / "result.json")
+
+
+def _verify(ft: Finetune, loaded, student) -> dict:
+    from engine.timing.table import TableError
+
+    try:
+        table = ft.run.table
+    except (TableError, OSError) as exc:
+        raise RunError(f"{ft.run.run_dir / 'timings.json'}: cannot verify the speedup without the run's timing table ({exc})") from None
+    return ft.run.backend.verify(loaded, student, ft.levels, ft.run.timing_inputs(), table, ft.run.profile.hardware,
+                                 finite(ft.predicted_speedup) or float("nan"))

@@ -1,0 +1,140 @@
+"""The samples `spdy finetune` trains on: the profile's data without its held-out samples, or a file.
+
+Sources: the digits ``train`` split (data.source "digits"); the text corpus (stdlib-docstrings, or
+the profile's text file) tokenised like the calibration data, with every sentence whose tokens
+equal a held-out sample's dropped; or ``--data FILE``: a text file (one sample per line) or a
+tensor file (``engine.data.read_tensor_file``: .safetensors / .pt / .npy with ``inputs`` or the
+model's keyword inputs, optional ``labels``).  ``train_samples`` takes a seeded subset.
+Also what is computed on those samples and the held-out ones: the dense teacher's outputs
+(computed once, kept in a file) and the held-out metrics of a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from engine.core import atomic
+from engine.model.data import (
+    TENSOR_FILE_ERRORS,
+    TENSOR_SUFFIXES,
+    DataError,
+    digits_split,
+    read_tensor_file,
+    stdlib_sentences,
+    text_lines,
+)
+from engine.model.losses import heldout_metrics
+from engine.core.errors import RunError
+
+
+@dataclass
+class TrainingSet:
+    inputs: torch.Tensor | dict[str, torch.Tensor]  # first dimension = samples
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        first = next(iter(self.inputs.values())) if isinstance(self.inputs, dict) else self.inputs
+        return int(first.shape[0])
+
+    def subset(self, index: torch.Tensor) -> TrainingSet:
+        inputs = {k: v[index] for k, v in self.inputs.items()} if isinstance(self.inputs, dict) else self.inputs[index]
+        return TrainingSet(inputs, None if self.labels is None else self.labels[index])
+
+    def batch(self, index: torch.Tensor):
+        """The inputs of samples ``index``; token inputs cut to the batch's longest sample."""
+        chunk = self.subset(index).inputs
+        if isinstance(chunk, dict) and "attention_mask" in chunk:
+            longest = max(int(chunk["attention_mask"].sum(dim=1).max()), 1)
+            chunk = {key: value[:, :longest].contiguous() for key, value in chunk.items()}
+        return chunk
+
+
+def _heldout_token_rows(data) -> set[tuple[int, ...]]:
+    rows = set()
+    for batch in data.heldout:
+        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        for row, length in zip(ids.tolist(), mask.sum(dim=1).tolist()):
+            rows.add(tuple(row[: int(length)]))
+    return rows
+
+
+def _tokenised(texts: list[str], loaded, data, profile, what: str) -> TrainingSet:
+    if loaded.tokenizer is None:
+        raise RunError(f"{what} is text, but model.kind {profile.model.kind!r} has no tokenizer")
+    encoded = dict(loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=profile.data.seq_len,
+                                    return_tensors="pt"))
+    heldout = _heldout_token_rows(data) if data.heldout and isinstance(data.heldout[0].inputs, dict) else set()
+    lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    keep = [i for i, (row, length) in enumerate(zip(encoded["input_ids"].tolist(), lengths))
+            if tuple(row[: int(length)]) not in heldout]
+    return TrainingSet(encoded, None).subset(torch.tensor(keep, dtype=torch.long))
+
+
+def _source(profile, chosen: str | None, loaded, data) -> TrainingSet:
+    if chosen:
+        path = Path(chosen)
+        if not path.exists():
+            raise RunError(f"--data {path}: no such file")
+        if path.suffix in TENSOR_SUFFIXES:
+            return TrainingSet(*read_tensor_file(path, f"--data {path}"))
+        return _tokenised(text_lines(path, f"--data {path}"), loaded, data, profile, f"--data {path}")
+    if profile.data.source == "digits":
+        return TrainingSet(*digits_split(profile.run.seed)["train"])
+    if profile.data.source == "stdlib-docstrings":
+        return _tokenised(list(stdlib_sentences()), loaded, data, profile, "the stdlib-docstrings corpus")
+    if profile.data.source == "text":
+        what = f"data.path {profile.data.path!r}"
+        return _tokenised(text_lines(profile.data.path, what), loaded, data, profile, what)
+    raise RunError(
+        f"data.source {profile.data.source!r} has no training split: pass --data FILE "
+        "(a text file, one sample per line, or a .safetensors/.pt/.npy file with inputs and labels)"
+    )
+
+
+def training_set(profile, chosen: str | None, train_samples: int | None, loaded, data) -> TrainingSet:
+    """The training samples (see the module docstring), optionally a seeded subset of ``train_samples``."""
+    try:
+        train = _source(profile, chosen, loaded, data)
+    except DataError as exc:
+        raise RunError(str(exc)) from None
+    if train_samples and train_samples < len(train):
+        generator = torch.Generator().manual_seed(profile.run.seed)
+        train = train.subset(torch.randperm(len(train), generator=generator)[:train_samples].sort().values)
+    if len(train) == 0:
+        raise RunError("no training samples left (every one is a held-out sample?)")
+    return train
+
+
+# ---------------------------------------------------------------------------- outputs on the data
+def model_outputs(loaded, model, batches) -> torch.Tensor:
+    """``model``'s outputs on ``batches`` (inputs), concatenated, in eval mode without gradients."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([loaded.run_model(model, inputs) for inputs in batches])
+
+
+def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> torch.Tensor:
+    """The dense model's outputs on every training sample, computed once and kept at ``path``
+    (``teacher.safetensors``), so a resumed run distils to the very same targets."""
+    if path.exists():
+        try:
+            teacher = load_file(str(path))["outputs"]
+            if len(teacher) == len(train):
+                return teacher
+        except (*TENSOR_FILE_ERRORS, KeyError):
+            pass  # a damaged file is recomputed, never trusted
+    index = torch.arange(len(train))
+    teacher = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in index.split(batch_size)))
+    atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
+    return teacher
+
+
+def heldout(loaded, data, model, dense: torch.Tensor) -> dict[str, float]:
+    """``engine.losses.heldout_metrics`` of ``model`` on the held-out batches (``dense``: the dense outputs)."""
+    labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
+    return heldout_metrics(loaded.kind, model_outputs(loaded, model, [b.inputs for b in data.heldout]), dense, labels)

@@ -1,0 +1,56 @@
+"""Stage ``final``: the searched allocation stitched (optionally refined by global AdaPrune) ->
+``final.safetensors`` and ``result.json`` (calibration loss, held-out metric, predicted speedup)."""
+
+from __future__ import annotations
+
+import copy
+
+from engine.export.result import has_result, write_result
+from engine.model.losses import primary_metric_name
+from engine.run import products
+from engine.run.context import RunContext
+
+
+def is_done(ctx: RunContext) -> bool:
+    return has_result(ctx.run_dir) and products.has_final(ctx.run_dir)
+
+
+def make(ctx: RunContext) -> None:
+    loaded, data = ctx.loaded, ctx.data
+    search = ctx.search_record
+    levels = search["levels"]
+    scorer = ctx.scorer()
+    calibration = scorer.loss(levels)
+    scorer.stitcher.apply(dict(zip(loaded.layer_names, levels)))
+    final = copy.deepcopy(loaded.model)
+    scorer.stitcher.restore()
+    export = ctx.profile.export
+    if export.gap:
+        from engine.database.gap import global_adaprune
+
+        global_adaprune(
+            loaded.model, final, loaded.layer_names, [batch.inputs for batch in data.calibration], loaded.run_model,
+            passes=export.gap_passes, lr=export.gap_lr,
+        )
+    products.write_final(ctx.run_dir, final)
+    ctx.final_model = final.eval()
+    heldout = ctx.heldout_metric(levels, model=final)
+    problem = ctx.problem()
+    allocation = problem.allocation([problem.levels[row].index(level) for row, level in enumerate(levels)])
+    table = ctx.table
+    write_result(ctx.run_dir, {
+        "target_speedup": ctx.profile.search.target,
+        "predicted_speedup": allocation.predicted_speedup,
+        "measured_speedup": None,
+        "dense_baseline": table.dense_baseline or "as measured in the supplied table",
+        "layers": allocation.as_rows(),
+        "loss": {"calibration": calibration, "heldout": heldout},
+        "heldout_metric": primary_metric_name(loaded.kind, data.has_labels),
+        "gap": export.gap,
+        "baselines": ctx.baselines_record,
+        "seed": ctx.profile.run.seed,
+        "evaluations": search["evaluations"],
+        "budget": problem.budget,
+        "base_time": table.base,
+        "predicted_time": allocation.predicted_time,
+    })

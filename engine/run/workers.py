@@ -1,0 +1,58 @@
+"""What a worker runs: a run's work items, rebuilt from the run directory alone.
+
+An executor (``engine.executors``) starts these by name in a fresh interpreter, or calls them in
+this process.  Each reads the run's own ``profile.toml`` (``RunContext.from_dir``), loads the
+model, data and database once per process, and so computes exactly what the main process would:
+everything is derived from the profile and its seed.  Workers never write the run log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from engine.run.context import RunContext
+
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def adopt(ctx: RunContext) -> None:
+    """Let work items of ``ctx.run_dir`` run on this (already loaded) context in this process."""
+    _CONTEXTS[str(Path(ctx.run_dir).resolve())] = ctx
+
+
+def context(run_dir: str) -> RunContext:
+    key = str(Path(run_dir).resolve())
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = RunContext.from_dir(run_dir)
+    return _CONTEXTS[key]
+
+
+def build_scorer(run_dir: str):
+    """A worker's scorer: the run's model, calibration batches and database."""
+    return context(run_dir).scorer()
+
+
+def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str, dict]]:
+    """Build the database layers ``names`` of the run; yields (name, index entry) per layer built."""
+    from engine.database.store import build_layers
+
+    ctx = context(run_dir)
+    plan = database_plan(ctx)
+    calibration = [batch.inputs for batch in ctx.data.calibration]
+    yield from build_layers(ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed)
+
+
+def built_database_layers(run_dir: str, names: list[str]) -> list[tuple[str, dict]]:
+    """``build_database_layers`` as a list (what a worker process sends back)."""
+    return list(build_database_layers(run_dir, names))
+
+
+def database_plan(ctx: RunContext):
+    from engine.database.store import plan_database
+
+    calibration = [batch.inputs for batch in ctx.data.calibration]
+    return plan_database(
+        ctx.loaded, calibration, ctx.loaded.layers, ctx.profile.levels(), ctx.profile.database, ctx.run_dir / "db",
+        ctx.profile.run.seed,
+    )

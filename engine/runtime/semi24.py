@@ -1,0 +1,264 @@
+"""2:4 execution on NVIDIA sparse tensor cores: a drop-in module for a pruned ``nn.Linear``.
+
+The hand-off from the accuracy side is a dense weight W (out, in) with exact zeros in a 2:4
+pattern (at most 2 non-zeros in every 4 consecutive inputs, ``engine.masks.nm_mask``).
+``Semi24Linear`` keeps W compressed (its non-zeros plus 2-bit position metadata, half the
+multiply-adds) and computes the same function as the dense layer,
+
+    y = x W^T + b,        x: (..., in) -> (..., out),
+
+through ``F.linear`` on a ``torch.sparse.SparseSemiStructuredTensor``, which dispatches to one of
+two backends (compute capability >= 8.0, float16 or bfloat16):
+
+* ``cusparselt`` (the default): weight dimensions multiples of 16.  Its ``alg_id`` changes speed
+  a lot; ``search_alg_id`` asks ``torch._cslt_sparse_mm_search`` for the best one on the layer's
+  real input (the product F.linear runs: compressed W times x^T, result transposed);
+* ``cutlass`` (``SparseSemiStructuredTensor._FORCE_CUTLASS = True``): multiples of 32 x 64.
+
+Token rows are padded inside torch to the kernels' minimum (8).  Not every backend runs on every
+GPU (torch's CUTLASS 2:4 kernels were built for compute capability 8.x; some cuSPARSELt versions
+reject an architecture), so ``backend_failure`` tries a tiny product once per backend and dtype,
+and only the backends that pass are used.  ``ineligibility`` says why a layer cannot run 2:4 (a
+Conv2d, float32, its shape).  ``Semi24Kernels`` is what the profiler and
+``verify_cuda24`` use: a layer's candidate kernels, and the module for a recorded choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.core.grid import NM
+from engine.core.masks import nm_mask, satisfies_nm
+
+TWO_FOUR = NM(2, 4)
+BACKENDS = ("cusparselt", "cutlass")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# (backend, dtype) -> the weight's (rows, cols) must be multiples of these (torch's semi-structured
+# classes check the same numbers; tests compare them)
+SHAPE_MULTIPLES = {
+    ("cusparselt", torch.float16): (16, 16),
+    ("cusparselt", torch.bfloat16): (16, 16),
+    ("cutlass", torch.float16): (32, 64),
+    ("cutlass", torch.bfloat16): (32, 64),
+}
+MIN_CAPABILITY = (8, 0)
+
+
+class Semi24Error(RuntimeError):
+    """The 2:4 kernels cannot run here, or not on this layer; the message says why."""
+
+
+def unavailable_reason() -> str | None:
+    """Why no 2:4 kernel can run on this machine (no CUDA device, compute capability < 8.0), or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < MIN_CAPABILITY:
+        return f"{torch.cuda.get_device_name()} has compute capability {major}.{minor}; 2:4 sparse tensor cores need >= 8.0"
+    return None
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def cusparselt_available() -> bool:
+    try:
+        return bool(torch.backends.cusparselt.is_available())
+    except AttributeError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def backend_failure(backend: str, dtype: torch.dtype) -> str | None:
+    """Why ``backend`` does not work on this GPU in ``dtype``, or None: a 64 x 64 2:4 product is
+    computed once and compared with the dense one."""
+    if backend == "cusparselt" and not cusparselt_available():
+        return "this torch build has no cuSPARSELt"
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(64, 64, generator=generator)
+    weight = (dense * nm_mask(dense, TWO_FOUR)).to(device="cuda", dtype=dtype)
+    x = torch.randn(8, 64, generator=generator).to(device="cuda", dtype=dtype)
+    try:
+        got = Semi24Linear(weight, None, backend)(x)
+        torch.cuda.synchronize()
+    except Exception as exc:  # a probe: whatever the backend raises means it does not work here
+        return f"{backend} fails here: {error_line(exc)}"
+    expected = F.linear(x, weight)
+    if not torch.allclose(got.float(), expected.float(), rtol=5e-2, atol=5e-2):
+        return f"{backend} computes a wrong 2:4 product here"
+    return None
+
+
+def backends_here(dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends that work on this GPU in ``dtype`` (``backend_failure`` is None)."""
+    return tuple(backend for backend in BACKENDS if backend_failure(backend, dtype) is None)
+
+
+def shape_ineligibility(weight_shape: tuple[int, ...], dtype: torch.dtype, backend: str) -> str | None:
+    """Why ``backend`` cannot hold a weight of this shape and dtype, or None."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown 2:4 backend {backend!r}; choose one of {BACKENDS}")
+    if (backend, dtype) not in SHAPE_MULTIPLES:
+        return f"{backend} runs 2:4 in float16 or bfloat16, not {str(dtype).removeprefix('torch.')}"
+    rows, cols = weight_shape
+    row_multiple, col_multiple = SHAPE_MULTIPLES[backend, dtype]
+    if rows % row_multiple or cols % col_multiple:
+        return f"{backend} needs (out, in) multiples of ({row_multiple}, {col_multiple}), got ({rows}, {cols})"
+    return None
+
+
+def ineligibility(module: nn.Module, dtype: torch.dtype, backends: tuple[str, ...] = BACKENDS) -> str | None:
+    """Why ``module`` cannot run 2:4 on any of ``backends`` in ``dtype``, or None if one can."""
+    if isinstance(module, nn.Conv2d):
+        return "Conv2d: torch's 2:4 kernels cover Linear layers only"
+    if not isinstance(module, nn.Linear):
+        return f"{type(module).__name__}: no 2:4 kernel"
+    if not backends:
+        return "no 2:4 backend works here"
+    reasons = [shape_ineligibility(tuple(module.weight.shape), dtype, backend) for backend in backends]
+    return None if any(reason is None for reason in reasons) else "; ".join(reasons)
+
+
+@contextlib.contextmanager
+def _backend(backend: str) -> Iterator[None]:
+    """Make ``to_sparse_semi_structured`` build for ``backend`` (it reads a class-wide flag)."""
+    from torch.sparse import SparseSemiStructuredTensor
+
+    before = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        yield
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = before
+
+
+class Semi24Linear(nn.Module):
+    """``y = x W^T + b`` with W (already 2:4) compressed for the sparse tensor cores; inference only."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str = "cusparselt", alg_id: int = 0):
+        super().__init__()
+        from torch.sparse import to_sparse_semi_structured
+
+        weight = weight.detach()
+        if weight.device.type != "cuda":
+            raise Semi24Error(f"2:4 kernels run on CUDA tensors only; the weight is on {weight.device}")
+        reason = shape_ineligibility(tuple(weight.shape), weight.dtype, backend)
+        if reason is not None:
+            raise Semi24Error(reason)
+        if not satisfies_nm(weight, TWO_FOUR):
+            raise Semi24Error(f"weight of shape {tuple(weight.shape)} is not 2:4 (more than 2 non-zeros in a group of 4 inputs)")
+        self.out_features, self.in_features = weight.shape
+        self.backend = backend
+        self.alg_id = alg_id if backend == "cusparselt" else 0
+        with _backend(backend):
+            compressed = to_sparse_semi_structured(weight.contiguous(), alg_id=self.alg_id)
+        self.weight = nn.Parameter(compressed, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).contiguous(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, backend: str = "cusparselt", alg_id: int = 0) -> Semi24Linear:
+        return cls(linear.weight, linear.bias, backend, alg_id)
+
+    @property
+    def info(self) -> dict:
+        """What a timing table records to rebuild this exact kernel."""
+        return {"backend": self.backend, "alg_id": self.alg_id}
+
+    @property
+    def label(self) -> str:
+        return f"cusparselt alg {self.alg_id}" if self.backend == "cusparselt" else "cutlass"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.label}"
+
+
+def search_alg_id(module: Semi24Linear, x: torch.Tensor) -> int | None:
+    """cuSPARSELt's own pick of ``alg_id`` for this layer on input ``x`` (None: not cuSPARSELt, or no search)."""
+    search = getattr(torch, "_cslt_sparse_mm_search", None)
+    if module.backend != "cusparselt" or search is None:
+        return None
+    rows = x.reshape(-1, module.in_features)
+    padding = (-rows.shape[0]) % 8  # as the dispatch pads token rows
+    if padding:
+        rows = F.pad(rows, (0, 0, 0, padding))
+    found = search(module.weight.packed, rows.t(), bias=module.bias, transpose_result=True)
+    return int(found[0] if isinstance(found, (tuple, list)) else found)  # some torch versions return a tuple
+
+
+class Semi24Kernels:
+    """The 2:4 kernels for one dtype: which layers they can run, each layer's candidates, rebuilding a choice."""
+
+    def __init__(self, dtype: torch.dtype, backends: tuple[str, ...] | None = None):
+        self.dtype = dtype
+        self.backends = backends_here(dtype) if backends is None else backends
+
+    def backend_report(self) -> dict[str, str]:
+        """Every backend: "used", or why not (recorded with a timing table)."""
+        return {
+            backend: "used" if backend in self.backends else (backend_failure(backend, self.dtype) or "not requested")
+            for backend in BACKENDS
+        }
+
+    def ineligibility(self, module: nn.Module) -> str | None:
+        return ineligibility(module, self.dtype, self.backends)
+
+    def candidates(self, module: nn.Linear, x: torch.Tensor) -> tuple[dict[str, Semi24Linear], dict]:
+        """Every kernel worth timing for the (2:4-pruned) ``module`` on input ``x``, by label, and
+        notes on the search: cuSPARSELt at alg_id 0 and at its searched alg_id, and CUTLASS."""
+        shape = tuple(module.weight.shape)
+        found: dict[str, Semi24Linear] = {}
+        notes: dict = {}
+
+        def add(backend: str, alg_id: int = 0) -> Semi24Linear | None:
+            label = f"cusparselt alg {alg_id}" if backend == "cusparselt" else "cutlass"
+            try:
+                kernel = Semi24Linear.from_linear(module, backend, alg_id)
+                kernel(x)  # a kernel that cannot run this input is no candidate
+            except Exception as exc:  # recorded with the table; the other candidates still count
+                notes.setdefault("failed", {})[label] = error_line(exc)
+                return None
+            found[label] = kernel
+            return kernel
+
+        if "cusparselt" in self.backends and shape_ineligibility(shape, self.dtype, "cusparselt") is None:
+            default = add("cusparselt", 0)
+            if default is not None:
+                try:
+                    searched = search_alg_id(default, x)
+                except Exception as exc:  # the search is a private op: record its failure, keep alg 0
+                    searched, notes["search_error"] = None, error_line(exc)
+                notes["searched_alg_id"] = searched
+                if searched not in (None, 0):
+                    add("cusparselt", searched)
+        if "cutlass" in self.backends and shape_ineligibility(shape, self.dtype, "cutlass") is None:
+            add("cutlass")
+        return found, notes
+
+    def build(self, module: nn.Linear, info: dict | None = None) -> Semi24Linear:
+        """The kernel a timing table recorded for this layer (``info``: backend, alg_id), else the
+        first backend that can hold it at alg_id 0."""
+        if info and info.get("backend") in self.backends:
+            return Semi24Linear.from_linear(module, info["backend"], int(info.get("alg_id", 0)))
+        shape = tuple(module.weight.shape)
+        for backend in self.backends:
+            if shape_ineligibility(shape, self.dtype, backend) is None:
+                return Semi24Linear.from_linear(module, backend)
+        raise Semi24Error(ineligibility(module, self.dtype, self.backends) or "no 2:4 backend")

@@ -1,0 +1,146 @@
+"""From a timing table and a target speedup to a DP problem, and back to a per-layer allocation.
+
+The speedup promise, with every layer of the table counted (spdy-method.md §6.3):
+
+    predicted_time = base - prunable + sum_l t[l][level_l]  <=  base / target,
+
+so the DP budget for the layers is ``base / target - (base - prunable)``.  Skipped layers stay
+in the problem with only their dense choice, so their dense time is charged to the budget (the
+original CLI dropped them and overshot: a 2.0x target gave 1.88x on ResNet-50).
+
+An N:M level ("2:4", the GPU choice) that is no faster than its layer's dense level is dropped
+from the problem (its time set to inf): it would cost accuracy and gain no time, so every
+allocation with it is dominated.  On the GPU this is common (2:4 is at or below 1x on small
+shapes), and dropping it keeps such layers dense in the search and in every baseline, including
+uniform and global magnitude, which would otherwise put them at 2:4.  Unstructured levels are
+kept as measured (the DP already never picks one slower than dense).
+
+The prior cost of a layer's i-th level (its own levels ascending in sparsity, n of them) is
+(i / (n - 1))^2 (spdy-method.md §3.1); SPDY scales it per layer by a coefficient c_l.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.search import dp
+from engine.core.grid import DENSE, parse_nm
+from engine.timing.table import TimingTable
+
+
+def prior_costs(levels: list[list[str]], width: int | None = None) -> np.ndarray:
+    """(layers, width) array of (i / (n_l - 1))^2, inf beyond a layer's own n_l levels."""
+    width = width or max(len(row) for row in levels)
+    costs = np.full((len(levels), width), np.inf)
+    for row, labels in enumerate(levels):
+        n = len(labels)
+        costs[row, :n] = (np.arange(n) / (n - 1)) ** 2 if n > 1 else 0.0
+    return costs
+
+
+def scaled_costs(prior: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """costs[l, i] = scale[l] * prior[l, i]; a level a layer lacks stays inf (0 * inf would be NaN)."""
+    return np.multiply(scale[:, None], prior, out=np.full_like(prior, np.inf), where=np.isfinite(prior))
+
+
+def match_layers(names: list[str], patterns: list[str] | tuple[str, ...], what: str = "skip") -> list[bool]:
+    """Which names match any pattern (exact name or glob); a pattern matching nothing is an error."""
+    hits = [False] * len(names)
+    for pattern in patterns:
+        matched = [fnmatch.fnmatchcase(name, pattern) for name in names]
+        if not any(matched):
+            raise ValueError(f"{what} pattern {pattern!r} matches no layer (layers: {', '.join(names[:6])}, ...)")
+        hits = [a or b for a, b in zip(hits, matched)]
+    return hits
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One level per layer of the table, with the additive-model prediction."""
+
+    names: list[str]
+    levels: list[str]
+    times: list[float]
+    predicted_time: float
+    predicted_speedup: float
+    cost: float
+
+    def as_rows(self) -> list[dict]:
+        return [{"name": n, "level": lv, "time": t} for n, lv, t in zip(self.names, self.levels, self.times)]
+
+
+@dataclass(frozen=True)
+class Problem:
+    table: TimingTable
+    target: float
+    skipped: tuple[bool, ...]
+    times: np.ndarray  # (layers, max levels); inf = unavailable (padding, a skipped layer's sparse levels, a slow N:M level)
+    levels: list[list[str]]
+    dropped: tuple[tuple[str, str], ...] = ()  # (layer, N:M level) dropped for being no faster than dense
+
+    @property
+    def budget(self) -> float:
+        return self.table.base / self.target - self.table.overhead
+
+    @property
+    def min_time(self) -> float:
+        return math.fsum(self.times.min(axis=1))
+
+    @property
+    def max_speedup(self) -> float:
+        return self.table.base / (self.table.overhead + self.min_time)
+
+    @property
+    def searchable(self) -> list[int]:
+        """Indices of layers with more than one usable level."""
+        return [row for row in range(len(self.levels)) if np.isfinite(self.times[row]).sum() > 1]
+
+    def solve(self, costs: np.ndarray | None = None, buckets: int = dp.DEFAULT_BUCKETS) -> Allocation:
+        """Least-cost allocation within the budget (prior costs when ``costs`` is None)."""
+        costs = prior_costs(self.levels, self.times.shape[1]) if costs is None else costs
+        try:
+            solution = dp.solve(self.times, costs, self.budget, buckets)
+        except dp.InfeasibleTarget as exc:
+            raise dp.InfeasibleTarget(
+                f"target {self.target:g}x is infeasible: the maximum achievable speedup is "
+                f"{self.max_speedup:.4f}x ({exc})",
+                exc.min_time,
+                self.max_speedup,
+            ) from None
+        return self.allocation(solution.choice, solution.cost)
+
+    def allocation(self, choice, cost: float = float("nan")) -> Allocation:
+        levels = [self.levels[row][i] for row, i in enumerate(choice)]
+        times = [float(self.times[row, i]) for row, i in enumerate(choice)]
+        predicted = self.table.overhead + math.fsum(times)
+        return Allocation(self.table.names, levels, times, predicted, self.table.base / predicted, cost)
+
+
+def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str, ...] = ()) -> Problem:
+    """The DP problem for ``target``x on ``table``, with layers matching ``skip`` held dense."""
+    if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
+        raise ValueError(f"target speedup must be a positive number, got {target!r}")
+    times, levels = table.matrix()
+    skipped = match_layers(table.names, list(skip))
+    dropped = []
+    for row, labels in enumerate(levels):
+        if DENSE not in labels:
+            continue
+        dense_time = times[row, labels.index(DENSE)]
+        for column, label in enumerate(labels):
+            if parse_nm(label) is not None and times[row, column] >= dense_time:
+                times[row, column] = np.inf
+                dropped.append((table.names[row], label))
+    for row, is_skipped in enumerate(skipped):
+        if not is_skipped:
+            continue
+        if DENSE not in levels[row]:
+            raise ValueError(f"layer {table.names[row]!r} is skipped but the table has no dense (0.0000) time for it")
+        dense = levels[row].index(DENSE)
+        times[row, :dense] = np.inf
+        times[row, dense + 1 :] = np.inf
+    return Problem(table, float(target), tuple(skipped), times, levels, tuple(dropped))

@@ -219,7 +219,7 @@ def main() -> int:
     dtype = DTYPES[args.dtype]
     args.out.mkdir(parents=True, exist_ok=True)
     environment = describe_environment()
-    backends = Semi24Kernels(dtype).backend_report()
+    backends = Semi24Kernels(dtype).library_report()
     print(f"{environment.get('gpu')} (cc {environment.get('compute_capability')}), torch {torch.__version__}, "
           f"cuSPARSELt {environment.get('cusparselt')}; backends: {backends}", file=sys.stderr)
     rows = []

@@ -124,6 +124,8 @@ def check(profile: Path = typer.Argument(..., help="TOML profile to validate."))
         resolved = load_profile(profile)
     except ProfileError as exc:
         raise fail(str(exc)) from None
+    for note in resolved.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
     print(f"# {profile}: valid; resolved profile with every default:")
     print(to_toml(resolved), end="")
 
@@ -172,6 +174,8 @@ def _run_stages(profile: Path, run_dir: Optional[Path], resume: bool, only: Opti
     listener = StderrProgress(err)
     try:
         run = open_run(profile, run_dir, resume, listener=listener)
+        for note in run.profile.notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         err.print(f"run directory: {run.run_dir}")
         return execute(run, only) if only else execute(run)
     except InfeasibleTarget as exc:

@@ -17,7 +17,7 @@ def test_defaults():
     profile = from_dict({})
     assert profile.search.target == 1.5 and profile.search.buckets == 10_000
     assert profile.database.method == "obs" and len(profile.levels()) == 42
-    assert from_dict({"grid": {"kind": "nm"}}).levels() == ["0.0000", "2:4"]
+    assert from_dict({"grid": {"pattern": "nm"}}).levels() == ["0.0000", "2:4"]
 
 
 @pytest.mark.parametrize(
@@ -30,13 +30,13 @@ def test_defaults():
         ({"search": {"workers": 1.5}}, "key 'search.workers' must be an integer"),
         ({"search": {"early_abandon": 1}}, "key 'search.early_abandon' must be true or false"),
         ({"search": {"skip": "fc"}}, "key 'search.skip' must be a list of strings"),
-        ({"model": {"kind": "bert"}}, "key 'model.kind' must be one of"),
-        ({"model": {"kind": "hf"}}, "needs key 'model.path'"),
+        ({"model": {"source": "bert"}}, "key 'model.source' must be one of"),
+        ({"model": {"source": "hf"}}, "needs key 'model.path'"),
         ({"grid": {"min_sparsity": 0.9, "max_sparsity": 0.5}}, "exceeds 'grid.max_sparsity'"),
-        ({"hardware": {"backend": "cuda-2:4"}}, "needs grid.kind = 'nm'"),
-        ({"hardware": {"backend": "cuda-2:4", "dtype": "float16"}, "grid": {"kind": "nm", "n": 4, "m": 8}}, "runs 2:4 only"),
-        ({"hardware": {"backend": "cuda-2:4", "dtype": "float16"}, "grid": {"kind": "nm", "include_dense": False}}, "grid.include_dense = true"),
-        ({"hardware": {"backend": "cuda-2:4"}, "grid": {"kind": "nm"}}, "needs hardware.dtype 'float16' or 'bfloat16'"),
+        ({"hardware": {"backend": "cuda-2:4"}}, "needs grid.pattern = 'nm'"),
+        ({"hardware": {"backend": "cuda-2:4", "dtype": "float16"}, "grid": {"pattern": "nm", "n": 4, "m": 8}}, "runs 2:4 only"),
+        ({"hardware": {"backend": "cuda-2:4", "dtype": "float16"}, "grid": {"pattern": "nm", "include_dense": False}}, "grid.include_dense = true"),
+        ({"hardware": {"backend": "cuda-2:4"}, "grid": {"pattern": "nm"}}, "needs hardware.dtype 'float16' or 'bfloat16'"),
         ({"search": {"baselines": ["best"]}}, "unknown names"),
         ({"run": []}, "[run] must be a table"),
     ],
@@ -74,3 +74,15 @@ def test_every_key_is_documented():
     for key, _default, _allowed, doc in describe():
         assert doc, key
         assert f"`{key}`" in docs, f"{key} missing from docs/profiles.md"
+
+
+def test_former_key_names_still_load_with_a_note():
+    profile = from_dict({"model": {"kind": "digits"}, "grid": {"kind": "nm"}}, "old.toml")
+    assert profile.model.source == "digits" and profile.grid.pattern == "nm"
+    assert profile.notes == (
+        "old.toml: key 'model.kind' is now called 'model.source'; the old name still works",
+        "old.toml: key 'grid.kind' is now called 'grid.pattern'; the old name still works",
+    )
+    assert from_dict({"model": {"source": "digits"}}).notes == ()
+    with pytest.raises(ProfileError, match="keys 'model.kind' and 'model.source' are the same key"):
+        from_dict({"model": {"kind": "digits", "source": "minilm"}}, "both.toml")

@@ -24,7 +24,7 @@ from engine.runtime.semi24 import (
     Semi24Error,
     Semi24Kernels,
     Semi24Linear,
-    backend_failure,
+    library_failure,
     error_line,
     ineligibility,
     shape_ineligibility,
@@ -64,20 +64,20 @@ def test_ineligibility_names_the_reason():
     reason = ineligibility(nn.Linear(384, 100), half)
     assert "cusparselt needs (out, in) multiples of (16, 16), got (100, 384)" in reason and "cutlass" in reason
     assert ineligibility(nn.Conv2d(16, 16, 3), half).startswith("Conv2d")
-    with pytest.raises(ValueError, match="unknown 2:4 backend"):
+    with pytest.raises(ValueError, match="unknown 2:4 library"):
         shape_ineligibility((16, 16), half, "cublas")
     assert error_line(RuntimeError("CUDA error: architecture mismatch\nmore detail")) == "RuntimeError: CUDA error: architecture mismatch"
 
 
-def test_no_working_backend_means_no_layer_is_eligible():
-    assert ineligibility(nn.Linear(384, 384), torch.float16, ()) == "no 2:4 backend works here"
+def test_no_working_library_means_no_layer_is_eligible():
+    assert ineligibility(nn.Linear(384, 384), torch.float16, ()) == "no 2:4 library works here"
 
 
 @pytest.mark.skipif(NO_GPU is None, reason="checks the behaviour without a GPU")
 def test_without_a_gpu_the_kernels_say_why():
     assert "no CUDA device" in NO_GPU
-    assert Semi24Kernels(torch.float16).backends == ()
-    assert "no CUDA device" in backend_failure("cutlass", torch.float16)
+    assert Semi24Kernels(torch.float16).libraries == ()
+    assert "no CUDA device" in library_failure("cutlass", torch.float16)
     weight = torch.zeros(16, 16, dtype=torch.float16)
     with pytest.raises(Semi24Error, match="CUDA tensors only"):
         Semi24Linear(weight, None)
@@ -258,15 +258,15 @@ def two_four_linear(inputs, outputs, dtype, bias=True, seed=0):
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["cusparselt", "cutlass"])
+@pytest.mark.parametrize("library", ["cusparselt", "cutlass"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(384, 1536), (1536, 384), (384, 384)])
-def test_semi24_linear_equals_dense_with_zeros(dtype, backend, bias, shape):
-    failure = backend_failure(backend, dtype)
+def test_semi24_linear_equals_dense_with_zeros(dtype, library, bias, shape):
+    failure = library_failure(library, dtype)
     if failure is not None:
         pytest.skip(failure)
     linear = two_four_linear(*shape, dtype, bias)
-    kernel = Semi24Linear.from_linear(linear, backend)
+    kernel = Semi24Linear.from_linear(linear, library)
     x = torch.randn(4, 101, shape[0], device="cuda", dtype=dtype)  # 404 token rows: padded inside torch
     expected, got = linear(x), kernel(x)
     assert got.shape == expected.shape == (4, 101, shape[1]) and got.dtype == dtype
@@ -281,9 +281,9 @@ def test_candidates_search_alg_id_and_rebuild():
     linear = two_four_linear(384, 1536, torch.float16)
     x = torch.randn(2048, 384, device="cuda", dtype=torch.float16)
     found, notes = kernels.candidates(linear, x)
-    assert kernels.backends, kernels.backend_report()
-    assert ("cutlass" in found) == ("cutlass" in kernels.backends) and "failed" not in notes
-    if "cusparselt" in kernels.backends:
+    assert kernels.libraries, kernels.library_report()
+    assert ("cutlass" in found) == ("cutlass" in kernels.libraries) and "failed" not in notes
+    if "cusparselt" in kernels.libraries:
         assert "cusparselt alg 0" in found
         searched = notes["searched_alg_id"]
         assert searched is None or (isinstance(searched, int) and searched >= 0)

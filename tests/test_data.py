@@ -163,5 +163,5 @@ def test_image_folder(tmp_path):
 
 
 def test_model_source_needs_a_python_model():
-    with pytest.raises(DataError, match="data.source 'model' needs model.kind 'python'"):
+    with pytest.raises(DataError, match="data.source 'model' needs model.source 'python'"):
         build_data(profile(source="model"))

@@ -29,7 +29,7 @@ def minilm():
 
 def test_minilm_layers_in_execution_order(minilm):
     loaded, data = minilm
-    assert loaded.kind == "encoder"
+    assert loaded.task == "encoder"
     assert loaded.layer_names == [f"encoder.layer.{block}.{name}" for block in range(6) for name in BLOCK]
     assert all(layer.kind == "linear" for layer in loaded.layers)
     by_name = {layer.name: layer for layer in loaded.layers}
@@ -65,14 +65,14 @@ def untrained_digits(tmp_path, monkeypatch):
 
 
 def test_no_layer_left_is_a_clear_error(untrained_digits):
-    profile = from_dict({"model": {"kind": "digits", "exclude": ["conv*", "fc*"]}, "data": {"source": "digits"}})
+    profile = from_dict({"model": {"source": "digits", "exclude": ["conv*", "fc*"]}, "data": {"source": "digits"}})
     with pytest.raises(ModelError, match="no prunable layer .* model.exclude = \\['conv\\*', 'fc\\*'\\]"):
         load(profile)
 
 
 def test_model_and_data_that_do_not_fit(untrained_digits, tmp_path):
-    profile = from_dict({"model": {"kind": "digits"}, "data": {"source": "tensors", "path": _images_file(tmp_path), "calibration_samples": 2, "heldout_samples": 0}})
-    with pytest.raises(ModelError, match="model.kind 'digits' cannot run on data.source 'tensors'"):
+    profile = from_dict({"model": {"source": "digits"}, "data": {"source": "tensors", "path": _images_file(tmp_path), "calibration_samples": 2, "heldout_samples": 0}})
+    with pytest.raises(ModelError, match="model.source 'digits' cannot run on data.source 'tensors'"):
         load(profile)
 
 
@@ -82,9 +82,9 @@ def test_hf_sequence_classifier(tmp_path):
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3)
     BertForSequenceClassification(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(models.minilm_path()).save_pretrained(tmp_path)
-    profile = from_dict({"model": {"kind": "hf", "path": str(tmp_path)}, "data": SMALL_TEXT})
+    profile = from_dict({"model": {"source": "hf", "path": str(tmp_path)}, "data": SMALL_TEXT})
     loaded, data = load(profile)
-    assert loaded.kind == "classifier"
+    assert loaded.task == "classifier"
     assert loaded.layer_names[-2:] == ["bert.pooler.dense", "classifier"]
     assert len(loaded.layers) == 2 * 6 + 2
     with torch.no_grad():
@@ -93,9 +93,9 @@ def test_hf_sequence_classifier(tmp_path):
 
 def test_hf_path_must_be_a_model_directory(tmp_path):
     with pytest.raises(ModelError, match="model.path .* is not a directory"):
-        load_model(from_dict({"model": {"kind": "hf", "path": str(tmp_path / "missing")}}))
+        load_model(from_dict({"model": {"source": "hf", "path": str(tmp_path / "missing")}}))
     with pytest.raises(ModelError, match="cannot load a Hugging Face model"):
-        load_model(from_dict({"model": {"kind": "hf", "path": str(tmp_path)}}))
+        load_model(from_dict({"model": {"source": "hf", "path": str(tmp_path)}}))
 
 
 def test_torchvision_weights_from_a_safetensors_file(tmp_path):
@@ -105,11 +105,11 @@ def test_torchvision_weights_from_a_safetensors_file(tmp_path):
     reference = resnet18().eval()
     save_file(reference.state_dict(), tmp_path / "resnet18.safetensors")
     profile = from_dict({
-        "model": {"kind": "torchvision", "name": "resnet18", "path": str(tmp_path / "resnet18.safetensors")},
+        "model": {"source": "torchvision", "name": "resnet18", "path": str(tmp_path / "resnet18.safetensors")},
         "data": {"source": "tensors", "path": _images_file(tmp_path), "calibration_samples": 2, "heldout_samples": 2},
     })
     loaded, data = load(profile)
-    assert loaded.kind == "classifier" and data.has_labels
+    assert loaded.task == "classifier" and data.has_labels
     assert loaded.layer_names[0] == "conv1" and loaded.layer_names[-1] == "fc" and len(loaded.layers) == 21
     assert loaded.layers[0].input_shape == (2, 3, 64, 64)
     batch = data.calibration[0].inputs
@@ -136,16 +136,16 @@ def test_torchvision_without_weights_says_where_to_get_them(tmp_path, monkeypatc
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(ModelError, match=r"https://download\.pytorch\.org/models/resnet18-.*\.pth .* set model\.path"):
-        load_model(from_dict({"model": {"kind": "torchvision", "name": "resnet18"}}))
+        load_model(from_dict({"model": {"source": "torchvision", "name": "resnet18"}}))
 
 
 def test_torchvision_errors_name_the_key(tmp_path):
     with pytest.raises(ModelError, match="model.name 'resnet0' is not a torchvision classifier"):
-        load_model(from_dict({"model": {"kind": "torchvision", "name": "resnet0"}}))
+        load_model(from_dict({"model": {"source": "torchvision", "name": "resnet0"}}))
     wrong = tmp_path / "wrong.pth"
     torch.save({"weight": torch.zeros(3)}, wrong)
     with pytest.raises(ModelError, match="does not fit model.name 'resnet18'"):
-        load_model(from_dict({"model": {"kind": "torchvision", "name": "resnet18", "path": str(wrong)}}))
+        load_model(from_dict({"model": {"source": "torchvision", "name": "resnet18", "path": str(wrong)}}))
 
 
 def test_python_model_with_its_own_data(tmp_path, monkeypatch):
@@ -157,11 +157,11 @@ def test_python_model_with_its_own_data(tmp_path, monkeypatch):
             torch.manual_seed(profile.run.seed)
             model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
             batches = [(torch.randn(5, 8), torch.randint(0, 4, (5,))) for _ in range(4)]
-            return SimpleNamespace(model=model, calibration=batches[:2], heldout=batches[2:], kind="classifier")
+            return SimpleNamespace(model=model, calibration=batches[:2], heldout=batches[2:], task="classifier")
     """))
     (tmp_path / "profile.toml").write_text(textwrap.dedent("""
         [model]
-        kind = "python"
+        source = "python"
         python = "user_model:build"
         [data]
         source = "model"
@@ -175,14 +175,14 @@ def test_python_model_with_its_own_data(tmp_path, monkeypatch):
     assert [len(batch) for batch in data.calibration] == [4, 4, 2] and [len(batch) for batch in data.heldout] == [4, 2]
     assert data.has_labels
     with pytest.raises(ModelError, match="has no function 'missing'"):
-        load_model(from_dict({"model": {"kind": "python", "python": "user_model:missing"}}))
+        load_model(from_dict({"model": {"source": "python", "python": "user_model:missing"}}))
     with pytest.raises(ModelError, match="must look like 'package.module:function'"):
-        load_model(from_dict({"model": {"kind": "python", "python": "user_model"}}))
+        load_model(from_dict({"model": {"source": "python", "python": "user_model"}}))
 
 
 def test_digits_cnn_is_accurate_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPDY_CACHE_DIR", str(tmp_path))
-    profile = from_dict({"run": {"seed": 3}, "model": {"kind": "digits"}, "data": {"source": "digits", "heldout_samples": 512}})
+    profile = from_dict({"run": {"seed": 3}, "model": {"source": "digits"}, "data": {"source": "digits", "heldout_samples": 512}})
     loaded, data = load(profile)
     assert loaded.layer_names == ["conv1", "fc1", "fc2", "fc3"]
     assert [layer.kind for layer in loaded.layers] == ["conv2d"] + ["linear"] * 3

@@ -44,7 +44,7 @@ def write_profile(tmp_path: Path, target: float = 1.5, extra: str = "") -> Path:
 name = "digits-test"
 seed = 0
 [model]
-kind = "digits"
+source = "digits"
 [data]
 source = "digits"
 calibration_samples = 128
@@ -138,3 +138,31 @@ def test_db_command_builds_only_the_database_with_progress_events(tmp_path):
     db_events = [e for e in read_events(out / "events.jsonl") if e["type"] == "db"]
     assert db_events[-1]["done"] == db_events[-1]["total"] == len(LAYERS) * len(LEVELS)
     assert {"layer", "level", "error", "done", "total"} <= set(db_events[0])
+
+
+def field_shape(value):
+    """The field names of a JSON value: dicts by their keys (recursively), lists by their first item."""
+    if isinstance(value, dict):
+        return {key: field_shape(item) for key, item in sorted(value.items())}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [field_shape(value[0])]
+    return None
+
+
+def test_result_and_event_field_names_are_those_of_the_golden_run(tmp_path):
+    """tests/data/golden/digits_run_fields.json was recorded with the code before engine/ was regrouped
+    into packages: the refactor (and any later change) must keep every field of result.json and of
+    every event type, none renamed or dropped."""
+    profile = write_profile(tmp_path, extra=MAGNITUDE_DATABASE)
+    out = tmp_path / "run"
+    result = run_cli("run", profile, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    fields: dict[str, set] = {}
+    for event in read_events(out / "events.jsonl"):
+        fields.setdefault(event["type"], set()).update(event)
+    got = {
+        "result.json": field_shape(json.loads((out / "result.json").read_text())),
+        "events.jsonl": {kind: sorted(names) for kind, names in sorted(fields.items())},
+    }
+    golden = json.loads((Path(__file__).parent / "data" / "golden" / "digits_run_fields.json").read_text())
+    assert got == golden

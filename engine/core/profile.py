@@ -43,7 +43,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = option(
+    source: str = option(
         "minilm",
         "Model source.",
         choices=["minilm", "hf", "torchvision", "python", "digits"],
@@ -103,7 +103,7 @@ class HardwareConfig:
 
 @dataclass(frozen=True)
 class GridConfig:
-    kind: str = option("unstructured", "Level kind: geometric unstructured levels or N:M.", choices=["unstructured", "nm"])
+    pattern: str = option("unstructured", "Sparsity pattern: geometric unstructured levels or N:M.", choices=["unstructured", "nm"])
     min_sparsity: float = option(0.40, "First sparse level (unstructured).", min=0.0, max=0.999, min_exclusive=True)
     max_sparsity: float = option(0.99, "Last sparse level (unstructured).", min=0.0, max=0.999, min_exclusive=True)
     steps: int = option(40, "Geometric steps between min and max (steps + 1 sparse levels).", min=1, max=1000)
@@ -172,6 +172,7 @@ class Profile:
     search: SearchConfig = field(default_factory=SearchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
+    notes: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})  # e.g. a former key name
 
     def to_dict(self) -> dict:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
@@ -180,7 +181,7 @@ class Profile:
         """The grid's level labels, ascending in sparsity."""
         from engine.core.grid import geometric_levels, nm_levels
 
-        if self.grid.kind == "nm":
+        if self.grid.pattern == "nm":
             return nm_levels(self.grid.n, self.grid.m, self.grid.include_dense)
         return geometric_levels(self.grid.min_sparsity, self.grid.max_sparsity, self.grid.steps, self.grid.include_dense)
 
@@ -220,15 +221,36 @@ def _check_value(value, expected, meta, key: str, source: str):
     return value
 
 
+# former key -> its name now; a profile with the former name still loads, with a note saying so
+RENAMED_KEYS = {"model.kind": "model.source", "grid.kind": "grid.pattern"}
+
+
+def _renamed(name: str, body: dict, source: str, notes: list[str]) -> dict:
+    """``body`` of section ``name`` with former key names replaced by their names now."""
+    body = dict(body)
+    for old, new in RENAMED_KEYS.items():
+        section, _, old_key = old.partition(".")
+        new_key = new.partition(".")[2]
+        if section != name or old_key not in body:
+            continue
+        if new_key in body:
+            raise ProfileError(f"{source}: keys '{old}' and '{new}' are the same key (its former and present name); keep '{new}'")
+        body[new_key] = body.pop(old_key)
+        notes.append(f"{source}: key '{old}' is now called '{new}'; the old name still works")
+    return body
+
+
 def from_dict(data: dict, source: str = "<dict>") -> Profile:
     """Build a Profile from parsed TOML, checking every key."""
     sections = {}
+    notes: list[str] = []
     known = {f.name: f for f in _sections()}
     for name, body in data.items():
         if name not in known:
             raise ProfileError(f"{source}: unknown section [{name}] (known: {', '.join(known)})")
         if not isinstance(body, dict):
             raise ProfileError(f"{source}: [{name}] must be a table of keys")
+        body = _renamed(name, body, source, notes)
         cls = known[name].default_factory  # type: ignore[misc]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -238,7 +260,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
                 raise ProfileError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(fields)})")
             values[key] = _check_value(value, hints[key], fields[key].metadata, f"{name}.{key}", source)
         sections[name] = cls(**values)
-    profile = Profile(**sections, source=source)
+    profile = Profile(**sections, source=source, notes=tuple(notes))
     _check_consistency(profile)
     return profile
 
@@ -246,13 +268,13 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
 def _check_consistency(profile: Profile) -> None:
     src = profile.source
     grid = profile.grid
-    if grid.kind == "unstructured" and grid.min_sparsity > grid.max_sparsity:
+    if grid.pattern == "unstructured" and grid.min_sparsity > grid.max_sparsity:
         raise ProfileError(f"{src}: key 'grid.min_sparsity' ({grid.min_sparsity}) exceeds 'grid.max_sparsity' ({grid.max_sparsity})")
-    if grid.kind == "nm" and grid.n >= grid.m:
+    if grid.pattern == "nm" and grid.n >= grid.m:
         raise ProfileError(f"{src}: key 'grid.n' must be less than 'grid.m' (got {grid.n}:{grid.m})")
     if profile.hardware.backend == "cuda-2:4":
-        if grid.kind != "nm":
-            raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.kind = 'nm'")
+        if grid.pattern != "nm":
+            raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.pattern = 'nm'")
         if (grid.n, grid.m) != (2, 4):
             raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' runs 2:4 only; set grid.n = 2 and grid.m = 4 (got {grid.n}:{grid.m})")
         if not grid.include_dense:
@@ -264,8 +286,8 @@ def _check_consistency(profile: Profile) -> None:
             )
     model, data = profile.model, profile.data
     needs = {"hf": ("path", model.path), "torchvision": ("name", model.name), "python": ("python", model.python)}
-    if model.kind in needs and not needs[model.kind][1]:
-        raise ProfileError(f"{src}: model.kind '{model.kind}' needs key 'model.{needs[model.kind][0]}'")
+    if model.source in needs and not needs[model.source][1]:
+        raise ProfileError(f"{src}: model.source '{model.source}' needs key 'model.{needs[model.source][0]}'")
     if data.source in ("text", "imagefolder", "tensors") and not data.path:
         raise ProfileError(f"{src}: data.source '{data.source}' needs key 'data.path'")
     unknown = set(profile.search.baselines) - {"uniform", "global-magnitude", "prior", "squared-error"}

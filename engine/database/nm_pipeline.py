@@ -19,7 +19,7 @@ allocation: ``allocation_nm``):
 Each pruned layer's relative output error err = ||(W_s - W) X||^2 / ||W X||^2 on the calibration
 inputs is reported after magnitude pruning, after AdaPrune and after global AdaPrune
 (``engine.database.reconstruct.OutputError``), so the gain of every step is visible.  The N:M database of
-``spdy run`` (``database.method = "adaprune"``, ``grid.kind = "nm"``) holds step 2's weights and
+``spdy run`` (``database.method = "adaprune"``, ``grid.pattern = "nm"``) holds step 2's weights and
 ``export.gap`` runs step 3 on the final model; this module runs the same steps outside a run.
 """
 

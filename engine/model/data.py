@@ -10,7 +10,7 @@ Python standard library), ``text`` (a file, one sample per line; blank and repea
 dropped), ``imagefolder`` (torchvision ``ImageFolder``, ImageNet preprocessing), ``tensors``
 (.pt / .npy / .safetensors), ``digits`` (scikit-learn's 8x8 digits in the fixed seeded
 train / calibration / held-out split the digits model is trained on; the first samples of each
-part are taken) and ``model`` (the batches a ``model.kind = "python"`` function supplies, taken
+part are taken) and ``model`` (the batches a ``model.source = "python"`` function supplies, taken
 in order).  Text is tokenised by the model's own tokenizer to ``data.seq_len`` tokens.
 """
 
@@ -156,7 +156,7 @@ def text_lines(path: str | Path, what: str) -> list[str]:
 
 def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: str) -> Data:
     if tokenizer is None:
-        raise DataError(f"data.source {profile.data.source!r} is text, but model.kind {profile.model.kind!r} has no tokenizer")
+        raise DataError(f"data.source {profile.data.source!r} is text, but model.source {profile.model.source!r} has no tokenizer")
     calibration, heldout = split_indices(len(samples), profile, what)
 
     def encode(index: list[int]) -> list[Batch]:
@@ -302,7 +302,7 @@ def _tensors(profile: Profile) -> Data:
 def _from_model(profile: Profile, supplied: tuple[list, list] | None) -> Data:
     what = f"model.python {profile.model.python!r}"
     if supplied is None:
-        raise DataError("data.source 'model' needs model.kind 'python' with a function that returns calibration and held-out batches")
+        raise DataError("data.source 'model' needs model.source 'python' with a function that returns calibration and held-out batches")
     parts = []
     for part, batches in zip(("calibration", "heldout"), supplied):
         pairs = [batch if isinstance(batch, tuple) else (batch, None) for batch in batches]
@@ -319,7 +319,7 @@ def build_data(profile: Profile, tokenizer: Any = None, supplied: tuple[list, li
     """The calibration and held-out batches ``profile.data`` describes.
 
     ``tokenizer`` is the model's (text sources); ``supplied`` is the (calibration, heldout) batches a
-    ``model.kind = "python"`` function returned (``data.source = "model"``).
+    ``model.source = "python"`` function returned (``data.source = "model"``).
     """
     source = profile.data.source
     if source == "stdlib-docstrings":

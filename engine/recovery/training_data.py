@@ -65,7 +65,7 @@ def _heldout_token_rows(data) -> set[tuple[int, ...]]:
 
 def _tokenised(texts: list[str], loaded, data, profile, what: str) -> TrainingSet:
     if loaded.tokenizer is None:
-        raise RunError(f"{what} is text, but model.kind {profile.model.kind!r} has no tokenizer")
+        raise RunError(f"{what} is text, but model.source {profile.model.source!r} has no tokenizer")
     encoded = dict(loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=profile.data.seq_len,
                                     return_tensors="pt"))
     heldout = _heldout_token_rows(data) if data.heldout and isinstance(data.heldout[0].inputs, dict) else set()
@@ -137,4 +137,4 @@ def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> 
 def heldout(loaded, data, model, dense: torch.Tensor) -> dict[str, float]:
     """``engine.losses.heldout_metrics`` of ``model`` on the held-out batches (``dense``: the dense outputs)."""
     labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
-    return heldout_metrics(loaded.kind, model_outputs(loaded, model, [b.inputs for b in data.heldout]), dense, labels)
+    return heldout_metrics(loaded.task, model_outputs(loaded, model, [b.inputs for b in data.heldout]), dense, labels)

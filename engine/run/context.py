@@ -131,7 +131,7 @@ class RunContext:
     def scorer(self) -> ModelScorer:
         """A scorer of allocations by calibration loss, on this process's stitcher."""
         loaded, data, search = self.loaded, self.data, self.profile.search
-        loss_fn = loss_function(search.loss, loaded.kind, data.has_labels)
+        loss_fn = loss_function(search.loss, loaded.task, data.has_labels)
         batches = trimmed_by_length(data.calibration) if self.profile.data.trim_padding else data.calibration
         return ModelScorer(
             loaded, batches, loss_fn, self.stitcher, loaded.layer_names, search.early_abandon, search.reuse_activations
@@ -160,7 +160,7 @@ class RunContext:
             self.stitcher.restore()
         else:
             candidate = self._heldout_outputs(model)
-        return primary_metric(heldout_metrics(loaded.kind, candidate, dense, labels))
+        return primary_metric(heldout_metrics(loaded.task, candidate, dense, labels))
 
 
 def _samples(inputs) -> int:

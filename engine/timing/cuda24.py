@@ -169,7 +169,7 @@ def profile_cuda24(
     environment.update(
         device=str(device), dtype=hardware.dtype, cuda_graphs=use_graphs, timer="cuda events" if device.type == "cuda" else "wall clock",
         end_to_end={"dense": end_to_end.to_json()}, kernels=kernel_records, unstable_rows=unstable,
-        backends=kernels.backend_report() if hasattr(kernels, "backend_report") else {},
+        backends=kernels.library_report() if hasattr(kernels, "library_report") else {},
     )
     prunable = math.fsum(row.dense_seconds for row in rows)
     return TimingTable(

@@ -45,7 +45,7 @@ def make(ctx: RunContext) -> None:
         "dense_baseline": table.dense_baseline or "as measured in the supplied table",
         "layers": allocation.as_rows(),
         "loss": {"calibration": calibration, "heldout": heldout},
-        "heldout_metric": primary_metric_name(loaded.kind, data.has_labels),
+        "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
         "gap": export.gap,
         "baselines": ctx.baselines_record,
         "seed": ctx.profile.run.seed,

@@ -84,7 +84,13 @@ class Problem:
 
     @property
     def budget(self) -> float:
-        return self.table.base / self.target - self.table.overhead
+        """base / target - overhead, lowered by the odd ulp so that any layer time <= it also
+        gives ``overhead + time <= base / target`` and a speedup >= target in float arithmetic."""
+        base, overhead, limit = self.table.base, self.table.overhead, self.table.base / self.target
+        budget = limit - overhead
+        while overhead + budget > 0 and (overhead + budget > limit or base / (overhead + budget) < self.target):
+            budget = math.nextafter(budget, -math.inf)
+        return budget
 
     @property
     def min_time(self) -> float:

@@ -22,8 +22,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Label, ListItem, ListView
 from textual.worker import get_current_worker
 
-from engine.core.events import Follower
-from engine.run.runlog import RunState
+from engine.core.events import Follower, RunLogError, check_log_start
+from engine.run.runlog import RunState, unreadable_warning
 from spdy_tui.launch import RunProcess, new_run_dir, start_run
 from spdy_tui.panes import AlertPane, AllocationPane, LossPlot, OutcomePane, ProgressPane, StatePane, StatusPane
 
@@ -35,6 +35,7 @@ Terminal UI for SPDY runs.
   (nothing)     a start screen listing profiles/*.toml and recent runs/*
 
 Quitting (q) leaves a started run going; `s` stops it. Keys are shown in the footer.
+-h, --help     this text;  -V, --version  the version
 """
 POLL_SECONDS = 0.25  # the log is read, and the screen redrawn, at most this often
 
@@ -120,11 +121,11 @@ class RunScreen(Screen):
     cursor: reactive[int | None] = reactive(None)  # index of the best shown; None follows the latest
 
     class LogGrew(Message):
-        """New events (possibly none) and the run process's exit code, from one poll."""
+        """New events (possibly none), the run process's exit code and what is wrong with the log, from one poll."""
 
-        def __init__(self, events: list[dict], exit_code: int | None):
+        def __init__(self, events: list[dict], exit_code: int | None, problems: tuple[str, ...] = ()):
             super().__init__()
-            self.events, self.exit_code = events, exit_code
+            self.events, self.exit_code, self.problems = events, exit_code, problems
 
     def __init__(self, run_dir: Path, process: RunProcess | None = None):
         super().__init__()
@@ -158,18 +159,20 @@ class RunScreen(Screen):
     def tail_log(self) -> None:
         """Poll the log every POLL_SECONDS and post what arrived as one message."""
         worker, follower = get_current_worker(), Follower(self.run_dir / "events.jsonl")
-        exit_seen = False
+        exit_seen, problems_seen = False, ()
         while not worker.is_cancelled:
             exit_code = self.process.exit_code if self.process else None  # before reading: its last lines are in
             events = follower.poll()
-            if events or (exit_code is not None and not exit_seen):
-                self.post_message(self.LogGrew(events, exit_code))
-                exit_seen = exit_code is not None
+            problems = log_problems(follower)
+            if events or (exit_code is not None and not exit_seen) or problems != problems_seen:
+                self.post_message(self.LogGrew(events, exit_code, problems))
+                exit_seen, problems_seen = exit_code is not None, problems
             time.sleep(POLL_SECONDS)
 
     def on_run_screen_log_grew(self, message: LogGrew) -> None:
         for event in message.events:
             self.live.apply(event)
+        self.query_one(AlertPane).log_problems = message.problems
         if message.exit_code is not None and self.exit_code is None:
             self.exit_code = message.exit_code
             self.query_one(AlertPane).process_failure = self._process_failure()
@@ -261,6 +264,10 @@ class SpdyApp(App):
     def open(self, path: Path) -> None:
         """Attach to a run directory, or start a run of a profile and attach to its directory."""
         if path.is_dir():
+            problem = run_directory_problem(path)
+            if problem:
+                self.notify(problem, severity="error", timeout=30)
+                return
             self.push_screen(RunScreen(path))
             return
         try:
@@ -271,15 +278,47 @@ class SpdyApp(App):
         self.push_screen(RunScreen(process.run_dir, process))
 
 
+def log_problems(follower: Follower) -> tuple[str, ...]:
+    """What the alert pane says about the log itself: not a run log, or lines it could not read."""
+    if follower.error is not None:
+        return (follower.error,)
+    return (unreadable_warning(follower.unreadable),) if follower.unreadable else ()
+
+
+def run_directory_problem(path: Path) -> str:
+    """Why ``path`` cannot be watched as a run directory ("" if it can).
+
+    A run directory holds events.jsonl or profile.toml (a run that is just starting may not have
+    written its log yet); its log, once it has a line, starts with a run_started event."""
+    log = path / "events.jsonl"
+    if not log.exists():
+        if (path / "profile.toml").exists():
+            return ""
+        return f"{path}: not a run directory (it has no events.jsonl and no profile.toml)"
+    try:
+        check_log_start(log)
+    except RunLogError as exc:
+        return str(exc)
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return
+    if argv and argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"spdy-tui {version('spdy-tui')}")
+        return
     target = Path(argv[0]) if argv else None
     if len(argv) > 1 or (target is not None and not (target.is_dir() or (target.is_file() and target.suffix == ".toml"))):
         problem = "expected at most one argument" if len(argv) > 1 else f"{target}: neither a run directory nor a .toml profile"
         print(f"spdy-tui: {problem}\n\n{USAGE}", end="", file=sys.stderr)
+        sys.exit(2)
+    if target is not None and target.is_dir() and (problem := run_directory_problem(target)):
+        print(f"spdy-tui: {problem}", file=sys.stderr)
         sys.exit(2)
     SpdyApp(target).run()
 

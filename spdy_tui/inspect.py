@@ -1,7 +1,9 @@
 """`spdy inspect`: a run log summarised on the terminal (or as JSON).
 
 Works on a live, finished or killed run: the reducer (``engine.run.runlog``) ignores a truncated
-last line and missing fields.
+last line and missing fields.  A file that is not a run log (or an empty one) raises
+``engine.core.events.RunLogError`` (a ValueError: the command's exit code 2); complete lines that
+are not events are counted and reported (``unreadable_lines``, and a warning line).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from engine.run.runlog import RunState, summarise
+from engine.run.runlog import RunState, summarise, unreadable_warning
 from spdy_tui.plot import loss_plot
 
 
@@ -31,13 +34,17 @@ def summary_json(path: Path) -> dict:
         "verify": state.verify,
         "errors": state.errors,
         "finished": state.finished,
+        "unreadable_lines": state.unreadable_lines,
+        "warnings": [unreadable_warning(state.unreadable_lines)] if state.unreadable_lines else [],
     }
 
 
 def render_summary(path: Path, console: Console) -> None:
     state: RunState = summarise(path)
     stages = ", ".join(f"{name}: {status}" for name, status in state.stages.items()) or "none"
-    console.print(f"[bold]{path}[/]")
+    console.print(escape(str(path)), style="bold")
+    if state.unreadable_lines:
+        console.print(f"[yellow]warning:[/] {escape(unreadable_warning(state.unreadable_lines))}")
     console.print(f"stages: {stages}")
     if state.timing.total:
         console.print(f"timings: {state.timing.done}/{state.timing.total} measurements of {len(state.timing.per_layer)} layers")
@@ -56,7 +63,7 @@ def render_summary(path: Path, console: Console) -> None:
         for choice in allocation:
             seconds = "" if choice.seconds is None else f"{choice.seconds * 1e3:.3f}"
             share = "" if choice.share is None else f"{choice.share:.1%}"
-            table.add_row(choice.name, choice.level, seconds, share)
+            table.add_row(escape(choice.name), escape(choice.level), seconds, share)
         console.print(table)
     if state.predicted_speedup is not None:
         console.print(f"predicted speedup: {state.predicted_speedup:.3f}x")
@@ -71,7 +78,7 @@ def render_summary(path: Path, console: Console) -> None:
         verify = state.verify
         console.print(f"verify: predicted {verify['predicted']:.3f}x, measured {verify['measured']:.3f}x")
     for message in state.errors:
-        console.print(f"[red]error:[/] {message}")
+        console.print(f"[red]error:[/] {escape(str(message))}")
     if state.finished:
         console.print(f"finished: {state.finished.get('status')} after {state.finished.get('wall_seconds', 0):.0f} s")
     elif state.events:

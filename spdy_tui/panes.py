@@ -165,21 +165,30 @@ class OutcomePane(StatePane):
 
 
 class AlertPane(StatePane):
-    """Errors logged by the run and the failure of the run process; hidden while there are none."""
+    """Errors logged by the run, problems with the log itself (not a run log, unreadable lines) and the
+    failure of the run process; hidden while there are none."""
 
     process_failure: reactive[tuple[str, ...]] = reactive(())
+    log_problems: reactive[tuple[str, ...]] = reactive(())
 
     def watch_process_failure(self) -> None:
         self.redraw()
 
+    def watch_log_problems(self) -> None:
+        self.redraw()
+
     def redraw(self) -> None:
         errors = self.state.errors if self.state is not None else []
-        self.display = bool(errors or self.process_failure)
+        self.display = bool(errors or self.process_failure or self.log_problems)
+        if self.state is None and self.log_problems:  # no event at all: say what is wrong, not "waiting"
+            self.update(self.describe(RunState()))
+            return
         super().redraw()
 
     def describe(self, state: RunState) -> RenderableType:
         shown = state.errors[-ALERT_ERRORS_SHOWN:]
-        lines = [Text.assemble(("error: ", "bold red"), message) for message in shown]
+        lines = [Text.assemble(("log: ", "bold yellow"), problem) for problem in self.log_problems]
+        lines += [Text.assemble(("error: ", "bold red"), message) for message in shown]
         if len(state.errors) > len(shown):
             lines.insert(0, Text(f"({len(state.errors) - len(shown)} earlier errors not shown)", style="dim"))
         if self.process_failure:

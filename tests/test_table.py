@@ -47,8 +47,8 @@ def test_round_trip_every_shipped_table(shipped_tables, tmp_path, fmt):
 
 
 def test_json_carries_metadata(tmp_path):
-    table = TimingTable(1.0, 0.5, [], backend="cpu", dense_baseline="onednn", environment={"cpu": "x"})
-    table.layers.append(load_table(TABLES / "rn18_unstr.txt").layers[0])
+    layer = load_table(TABLES / "rn18_unstr.txt").layers[0]
+    table = TimingTable(1.0, layer.dense_seconds, [layer], backend="cpu", dense_baseline="onednn", environment={"cpu": "x"})
     save_table(table, tmp_path / "t.json")
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["format"] == "spdy-tui/timings" and data["version"] == 1 and data["unit"] == "s"

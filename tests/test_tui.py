@@ -52,7 +52,8 @@ def fake_run(tmp_path, body: str) -> list[str]:
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from engine.core.events import EventLog\n"
         "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
-        "log = EventLog(sys.argv[1] + '/events.jsonl')\n" + textwrap.dedent(body)
+        "log = EventLog(sys.argv[1] + '/events.jsonl')\n"
+        "log.emit('run_started', profile={}, seed=0)\n" + textwrap.dedent(body)  # a run log starts so
     )
     return [sys.executable, str(script)]
 
@@ -265,3 +266,35 @@ def test_engine_never_imports_textual():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "engine.run.runlog" in modules
+
+
+# ---------------------------------------------------------------------------- logs that are not (all) readable
+async def test_unreadable_lines_in_the_middle_of_a_log_are_reported(finished_run):
+    log = finished_run / "events.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join([*lines[:5], '{"v":1,"type":"eval","n":1\n', *lines[5:]]))  # a line cut short, then resumed
+    app = SpdyApp(finished_run, root=finished_run.parent.parent)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.live.finished is not None)
+        await pilot.pause()
+        alerts = screen.query_one(AlertPane)
+        assert alerts.display and "log: 1 line of the run log could not be read and was skipped" in pane_text(alerts)
+
+
+async def test_a_folder_that_is_not_a_run_is_refused_not_watched(tmp_path):
+    (tmp_path / "events.jsonl").write_text('[run]\nname = "x"\n')
+    app = SpdyApp(tmp_path, root=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not isinstance(app.screen, RunScreen)
+        assert any("not a run log" in str(notice.message) for notice in app._notifications)
+
+
+def test_spdy_tui_prints_its_version(capsys):
+    from importlib.metadata import version
+
+    from spdy_tui.app import main
+
+    main(["--version"])
+    assert capsys.readouterr().out == f"spdy-tui {version('spdy-tui')}\n"

@@ -267,6 +267,14 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
 
 def _check_consistency(profile: Profile) -> None:
     src = profile.source
+    name = profile.run.name
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip():
+        raise ProfileError(
+            f"{src}: key 'run.name' must be a single plain folder name (the run directory is <run.out_dir>/<run.name>), "
+            f"without '/', '\\' or surrounding spaces and not '.' or '..'; got {name!r}"
+        )
+    if not profile.model.include:
+        raise ProfileError(f"{src}: key 'model.include' is empty, so no layer would be pruned; use [\"*\"] for every layer")
     grid = profile.grid
     if grid.pattern == "unstructured" and grid.min_sparsity > grid.max_sparsity:
         raise ProfileError(f"{src}: key 'grid.min_sparsity' ({grid.min_sparsity}) exceeds 'grid.max_sparsity' ({grid.max_sparsity})")

@@ -5,6 +5,10 @@
 are ignored (the schema is extended, never renamed) and a missing optional field never raises,
 so a log written by a newer or older run still reads.
 
+``summarise`` refuses a file that is not a run log, or an empty one (``RunLogError``, from
+``engine.core.events.scan_log``), and records in ``unreadable_lines`` how many complete lines in
+the log were not events, so a viewer can warn about them.
+
 History: every ``best`` event marks a point of the run; ``RunState.at_best(i)`` is the state as
 it was when the i-th best allocation was found, so a viewer can step through the search.
 """
@@ -16,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from engine.core.events import read_events
+from engine.core.events import RunLogError, scan_log
 from engine.core.grid import level_sparsity
 
 EVAL_RATE_WINDOW = 50  # evaluations per second are measured over the latest this many
@@ -107,6 +111,7 @@ class RunState:
     finished: dict | None = None
     first_t: float | None = None
     last_t: float | None = None
+    unreadable_lines: int = 0  # complete lines of the log that were not events (set by whoever read the log)
     events: list[dict] = field(default_factory=list, repr=False)
     _best_positions: list[int] = field(default_factory=list, repr=False)  # index in events of each best
 
@@ -218,11 +223,31 @@ class RunState:
 
 
 def summarise(path: str | os.PathLike) -> RunState:
-    """The state of a run from its whole log (a run directory or its events.jsonl)."""
+    """The state of a run from its whole log (a run directory or its events.jsonl).
+
+    RunLogError when there is no log, or it is empty or not a run log."""
     path = os.fspath(path)
     if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "events.jsonl")):
+            raise RunLogError(f"{path}: not a run directory (it has no events.jsonl)")
         path = os.path.join(path, "events.jsonl")
-    return RunState.from_events(read_events(path))
+    elif not os.path.exists(path):
+        raise RunLogError(f"{path}: no such run log")
+    scan = scan_log(path)
+    state = RunState.from_events(scan.events)
+    state.unreadable_lines = scan.unreadable
+    return state
+
+
+def unreadable_warning(count: int) -> str:
+    """What a viewer says about ``count`` unreadable lines (empty for none)."""
+    if not count:
+        return ""
+    lines = "line" if count == 1 else "lines"
+    return (
+        f"{count} {lines} of the run log could not be read and {'was' if count == 1 else 'were'} skipped "
+        "(a line cut short when a killed run was resumed, or a damaged file)"
+    )
 
 
 def _eval_point(event: dict) -> EvalPoint:

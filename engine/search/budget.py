@@ -17,6 +17,13 @@ kept as measured (the DP already never picks one slower than dense).
 
 The prior cost of a layer's i-th level (its own levels ascending in sparsity, n of them) is
 (i / (n - 1))^2 (spdy-method.md §3.1); SPDY scales it per layer by a coefficient c_l.
+
+Inputs are refused with a ValueError naming the option, under the profile's own rules
+(``engine.core.profile.SearchConfig``): a target below 1 (``--target``, ``search.target``),
+buckets outside 10 ... 1,000,000 (``--buckets``, ``search.buckets``; below 10 the DP's
+rounding can call a feasible target infeasible), and costs that are negative, not a number, or
+for layers the table lacks (``--costs``; ``costs_from_mapping`` reads a {layer: [cost per
+level]} mapping).
 """
 
 from __future__ import annotations
@@ -27,9 +34,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.search import dp
 from engine.core.grid import DENSE, parse_nm
+from engine.core.profile import SearchConfig
+from engine.search import dp
 from engine.timing.table import TimingTable
+
+
+def _limits(key: str) -> tuple[float | None, float | None]:
+    """(min, max) of a ``[search]`` key, as the profile declares it."""
+    meta = SearchConfig.__dataclass_fields__[key].metadata
+    return meta.get("min"), meta.get("max")
+
+
+MIN_TARGET = _limits("target")[0]  # 1.0
+MIN_BUCKETS, MAX_BUCKETS = _limits("buckets")  # 10, 1,000,000
+
+
+def check_target(target) -> float:
+    """The target speedup as a float; a ValueError naming the option unless finite and >= 1."""
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating)) or not math.isfinite(target):
+        raise ValueError(f"target speedup (--target, search.target) must be a number >= {MIN_TARGET:g}, got {target!r}")
+    if target < MIN_TARGET:
+        raise ValueError(
+            f"target speedup (--target, search.target) must be >= {MIN_TARGET:g} (a speedup below 1 is a slowdown), got {target!r}"
+        )
+    return float(target)
+
+
+def check_buckets(buckets) -> int:
+    """The DP bucket count; a ValueError naming the option unless an integer in 10 ... 1,000,000."""
+    if isinstance(buckets, bool) or not isinstance(buckets, (int, np.integer)) or not MIN_BUCKETS <= buckets <= MAX_BUCKETS:
+        raise ValueError(
+            f"buckets (--buckets, search.buckets) must be an integer from {MIN_BUCKETS:,} to {MAX_BUCKETS:,}, got {buckets!r}"
+        )
+    return int(buckets)
 
 
 def prior_costs(levels: list[list[str]], width: int | None = None) -> np.ndarray:
@@ -106,8 +144,12 @@ class Problem:
         return [row for row in range(len(self.levels)) if np.isfinite(self.times[row]).sum() > 1]
 
     def solve(self, costs: np.ndarray | None = None, buckets: int = dp.DEFAULT_BUCKETS) -> Allocation:
-        """Least-cost allocation within the budget (prior costs when ``costs`` is None)."""
-        costs = prior_costs(self.levels, self.times.shape[1]) if costs is None else costs
+        """Least-cost allocation within the budget (prior costs when ``costs`` is None).
+
+        ``costs`` must have the shape of ``times``, with no negative or NaN entry (inf marks a
+        level not to choose); ``buckets`` must be 10 ... 1,000,000 (ValueError otherwise)."""
+        buckets = check_buckets(buckets)
+        costs = prior_costs(self.levels, self.times.shape[1]) if costs is None else self._checked_costs(costs)
         try:
             solution = dp.solve(self.times, costs, self.budget, buckets)
         except dp.InfeasibleTarget as exc:
@@ -119,6 +161,15 @@ class Problem:
             ) from None
         return self.allocation(solution.choice, solution.cost)
 
+    def _checked_costs(self, costs) -> np.ndarray:
+        costs = np.asarray(costs, dtype=np.float64)
+        if costs.shape != self.times.shape:
+            raise ValueError(f"costs (--costs) must be a {self.times.shape} array (layers, levels), got shape {costs.shape}")
+        if np.isnan(costs).any() or (costs < 0).any():
+            bad = [self.table.names[row] for row in sorted(set(np.argwhere(np.isnan(costs) | (costs < 0))[:, 0].tolist()))]
+            raise ValueError(f"costs (--costs) must be non-negative numbers; layer(s) {', '.join(bad[:5])} have negative or NaN costs")
+        return costs
+
     def allocation(self, choice, cost: float = float("nan")) -> Allocation:
         levels = [self.levels[row][i] for row, i in enumerate(choice)]
         times = [float(self.times[row, i]) for row, i in enumerate(choice)]
@@ -128,10 +179,9 @@ class Problem:
 
 def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str, ...] = ()) -> Problem:
     """The DP problem for ``target``x on ``table``, with layers matching ``skip`` held dense."""
-    if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
-        raise ValueError(f"target speedup must be a positive number, got {target!r}")
+    target = check_target(target)
     times, levels = table.matrix()
-    skipped = match_layers(table.names, list(skip))
+    skipped = match_layers(table.names, list(skip), "skip (--skip, search.skip)")
     dropped = []
     for row, labels in enumerate(levels):
         if DENSE not in labels:
@@ -150,3 +200,30 @@ def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str,
         times[row, :dense] = np.inf
         times[row, dense + 1 :] = np.inf
     return Problem(table, float(target), tuple(skipped), times, levels, tuple(dropped))
+
+
+def costs_from_mapping(problem: Problem, mapping, source: str = "<costs>") -> np.ndarray:
+    """A cost matrix for ``problem`` from ``{layer name: [cost per level]}`` (e.g. a --costs JSON file).
+
+    Every layer of the table needs exactly one cost per level it has (its levels ascending in
+    sparsity, as ``problem.levels``), each a finite number >= 0; a layer the table lacks is an
+    error.  ``source`` names the file in messages (ValueError)."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{source}: expected an object {{layer name: [cost per level]}}, got {type(mapping).__name__}")
+    names = problem.table.names
+    known = set(names)
+    unknown = [name for name in mapping if name not in known]
+    if unknown:
+        raise ValueError(f"{source}: costs for layer(s) not in the timing table: {', '.join(map(repr, unknown[:5]))}")
+    matrix = np.full(problem.times.shape, np.inf)
+    for row, name in enumerate(names):
+        if name not in mapping:
+            raise ValueError(f"{source}: no costs for layer {name!r}")
+        values, wanted = mapping[name], len(problem.levels[row])
+        if not isinstance(values, list) or len(values) != wanted:
+            raise ValueError(f"{source}: layer {name!r} needs a list of {wanted} costs (one per level: {', '.join(problem.levels[row][:3])}, ...)")
+        for level, value in zip(problem.levels[row], values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{source}: layer {name!r} level {level}: a cost must be a finite number >= 0, got {value!r}")
+        matrix[row, :wanted] = values
+    return matrix

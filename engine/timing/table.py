@@ -18,6 +18,20 @@ Two formats are read and written:
   the measuring environment and, per layer, an optional ``note`` (e.g. why a layer only has its
   dense level: the GPU 2:4 kernels cannot run its shape).  The note is an optional key of a
   layer's entry, so tables without notes read and write exactly as before.
+
+A table read from a file must also add up (``check_table``), or no prediction made from it means
+anything (a truncated table promised 17-25x where the full one allows 4.3x):
+
+* the dense times of the listed layers add up to ``prunable`` within ``PRUNABLE_TOLERANCE`` (1%,
+  relative).  Our JSON tables hold the exact sum; the shipped SPDY tables agree to 0.001% except
+  the YOLO ones (yolov5s 0.06%, yolov5m 0.8%: their headers were measured apart from the layers);
+* ``prunable`` is not above ``base`` (a negative fixed overhead).  Our profilers measure both and
+  may find the layers' sum a little above the whole model on a tiny, noisy model (the CPU profiler
+  records it in the table's warnings, ``NOISE_WARNING``): a JSON table measured by one of them
+  (backend "cpu" or "cuda-2:4") or carrying that warning still loads, with the warning.  A SPDY
+  text table, or any other JSON table, is refused;
+* every allocation takes a positive time (``base - prunable + the fastest levels > 0``), whatever
+  the format: otherwise speedups come out negative.
 """
 
 from __future__ import annotations
@@ -35,6 +49,11 @@ from engine.core.grid import level_sparsity, sort_levels
 
 JSON_FORMAT = "spdy-tui/timings"
 JSON_VERSION = 1
+PRUNABLE_TOLERANCE = 0.01  # |sum of dense layer times - prunable| <= this x prunable
+# What engine/timing/cpu.py writes in a table's warnings when the dense layers' times add up to
+# more than the dense model measured end to end (noise on a tiny model): such a table may load.
+NOISE_WARNING = "more than the dense model end to end"
+MEASURING_BACKENDS = ("cpu", "cuda-2:4")  # engine.backends: tables they measure may show that noise
 
 
 class TableError(ValueError):
@@ -154,7 +173,7 @@ class TimingTable:
             if isinstance(exc, TableError):
                 raise
             raise TableError(f"{source}: malformed timing table: {exc}") from None
-        _check(table, source)
+        check_table(table, source, "json")
         return table
 
     # ------------------------------------------------------------------ SPDY text
@@ -172,6 +191,7 @@ class TimingTable:
         warnings: list[str] = []
         expecting: str | None = None  # "base" or "prunable" once its header line was read
         current: str | None = None
+        name_lines: dict[str, int] = {}
         for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
             if not line:
@@ -201,17 +221,23 @@ class TimingTable:
                 if current in entries:
                     raise TableError(f"{where}: layer {current!r} listed twice")
                 entries[current] = {}
-        for key in ("base", "prunable"):
-            if key not in header:
-                raise TableError(f"{source}: missing the '{key}' header")
+                name_lines[current] = number
         layers = []
         for name, levels in entries.items():
             if not levels:
+                if _is_number(name):  # a number where a layer name or an entry belongs: a damaged table
+                    raise TableError(
+                        f"{source}:{name_lines[name]}: expected a layer name or a '<seconds> <level>' entry, got the bare "
+                        f"number {name!r} (a time without its level, or a header value without its 'base' or 'prunable' line)"
+                    )
                 warnings.append(f"layer {name}: no entries; dropped")
                 continue
             layers.append(_layer(name, levels, source))
+        for key in ("base", "prunable"):
+            if key not in header:
+                raise TableError(f"{source}: missing the '{key}' header")
         table = cls(base=header["base"], prunable=header["prunable"], layers=layers, warnings=warnings)
-        _check(table, source)
+        check_table(table, source, "spdy-txt")
         return table
 
 
@@ -239,11 +265,55 @@ def _layer(name: str, levels: dict[str, float], source: str, note: str = "") -> 
     return LayerTimes(name, tuple(ordered), tuple(float(levels[level]) for level in ordered), note)
 
 
-def _check(table: TimingTable, source: str) -> None:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_table(table: TimingTable, source: str, fmt: str = "json") -> None:
+    """Refuse a table that does not add up (module docstring); ``fmt`` is the format it was read
+    from ("json" or "spdy-txt").  Raises TableError naming ``source``, what is wrong and what to do."""
     if not table.layers:
         raise TableError(f"{source}: the table lists no layer with timings")
     if table.base <= 0:
         raise TableError(f"{source}: base time must be positive, got {table.base}")
+    dense_sum = math.fsum(layer.dense_seconds for layer in table.layers)
+    if abs(dense_sum - table.prunable) > PRUNABLE_TOLERANCE * max(table.prunable, dense_sum):
+        raise TableError(
+            f"{source}: the dense times of its {len(table.layers)} layers add up to {dense_sum:.6g} s, but its "
+            f"'prunable' header says {table.prunable:.6g} s ({_percent(dense_sum, table.prunable)}; at most "
+            f"{PRUNABLE_TOLERANCE:.0%} is allowed): layers are missing from the table or the header is wrong. "
+            "List every prunable layer with its dense (0.0000) time, or set 'prunable' to the sum"
+        )
+    recorded = any(NOISE_WARNING in warning for warning in table.warnings)
+    measured = fmt == "json" and (recorded or table.backend in MEASURING_BACKENDS)
+    if table.prunable > table.base and measured and not recorded:
+        table.warnings.append(
+            f"the dense layers' times add up to {table.prunable * 1e3:.3f} ms, {NOISE_WARNING} "
+            f"({table.base * 1e3:.3f} ms): measurement noise; re-measure with more repeats"
+        )
+    if table.prunable > table.base and not measured:
+        raise TableError(
+            f"{source}: 'prunable' ({table.prunable:.6g} s) exceeds 'base' ({table.base:.6g} s): the listed layers "
+            "cannot take longer than the whole model. Check the two headers, or re-measure the table "
+            "(`spdy timings` with more hardware.repeats)"
+        )
+    fastest = table.overhead + math.fsum(min(layer.seconds) for layer in table.layers)
+    if fastest <= 0:
+        raise TableError(
+            f"{source}: with every layer at its fastest level the model would take {fastest:.6g} s "
+            f"(base {table.base:.6g} - prunable {table.prunable:.6g} + the fastest layer times): not a positive "
+            "time. Re-measure the table (`spdy timings` with more hardware.repeats)"
+        )
+
+
+def _percent(value: float, reference: float) -> str:
+    if reference <= 0:
+        return "no prunable time"
+    return f"{(value - reference) / reference:+.2%}"
 
 
 def load_table(path: str | os.PathLike) -> TimingTable:

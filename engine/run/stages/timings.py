@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from engine.core.environment import describe_environment
 from engine.run.context import RunContext
-from engine.timing.table import TableError, load_table, save_table
+from engine.run.plan import check_context
+from engine.timing.table import TableError, check_table, load_table, save_table
 
 PRODUCT = "timings.json"
 
@@ -31,6 +32,7 @@ def is_done(ctx: RunContext) -> bool:
 
 
 def make(ctx: RunContext) -> None:
+    check_context(ctx)  # e.g. a search.skip glob that matches no layer: before minutes of timing
     hardware = ctx.profile.hardware
     if hardware.timings:
         table = load_table(hardware.timings)
@@ -42,6 +44,7 @@ def make(ctx: RunContext) -> None:
         table = ctx.backend.profile(
             ctx.loaded, ctx.timing_inputs(), ctx.timed_layers, ctx.profile.levels(), hardware, ctx.log, ctx.profile.run.seed,
         )
+        check_table(table, str(ctx.run_dir / PRODUCT))  # refused now, not when a later stage reads it back
     save_table(table, ctx.run_dir / PRODUCT)
     ctx.table = table
     check_target(ctx)
@@ -52,4 +55,6 @@ def check_target(ctx: RunContext) -> None:
     ctx.problem().solve(None, ctx.profile.search.buckets)
 
 
-after_skip = check_target
+def after_skip(ctx: RunContext) -> None:
+    check_context(ctx)
+    check_target(ctx)

@@ -1,0 +1,3 @@
+from spdy_tui.cli import main
+
+main()

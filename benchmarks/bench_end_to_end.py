@@ -38,13 +38,13 @@ def open_finished_run(run_dir: Path):
 
 def stitched_and_sparse(run, loaded, levels: dict[str, str]):
     """The model stitched at ``levels`` from the run's database, and its sparse-kernel build."""
-    from engine.backends.cpu import build_sparse_model
+    from engine.backends.cpu import build_sparse_model, layer_path
 
     shared = run.stitcher
     shared.apply(levels)
     stitched = copy.deepcopy(loaded.model).eval()
     shared.restore()
-    return stitched, build_sparse_model(stitched, levels, run.table.dense_baseline or "torch")
+    return stitched, build_sparse_model(stitched, levels, layer_path(run.table))
 
 
 def measure(run_dir: Path, repeats: int, magnitude: bool = False) -> str:

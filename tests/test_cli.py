@@ -221,7 +221,7 @@ def test_verify_threads_overrides_the_runs_hardware_threads(tmp_path, monkeypatc
     (run_dir / "result.json").write_text("{}")
     outcome = {"predicted": 2.0, "measured": 1.9, "dense_seconds": 0.016, "sparse_seconds": 0.008, "dense_baseline": "onednn"}
     seen = []
-    monkeypatch.setattr(verify_stage, "make", lambda ctx: seen.append(ctx.profile.hardware.threads))
+    monkeypatch.setattr(verify_stage, "remeasure", lambda ctx: seen.append(ctx.profile.hardware.threads))
     monkeypatch.setattr(engine.export.result, "read_result", lambda path: {"verify": outcome})
     result = invoke("verify", run_dir, "--threads", 3, "--json")
     assert result.exit_code == 0, result.output

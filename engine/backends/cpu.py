@@ -1,13 +1,15 @@
 """The CPU backend (``hardware.backend = "cpu"``): unstructured-sparse levels on our Numba kernels.
 
-Profile: ``engine.timing.cpu.profile_cpu``.  Verify, the end-to-end proof of the speedup: the
-sparse model is the final model (stitched at the chosen allocation, possibly fine-tuned) with
-every layer at a sparse level replaced by its unstructured-sparse kernel, and every other
-prunable layer on the same dense path as the baseline.  Before timing, its output is checked
-against the same model computed densely with exact zeros (fp32 rounding only).  Dense and sparse
-are then timed end to end, interleaved, on the profile's batch and threads:
+Profile: ``engine.timing.cpu.profile_cpu``.  The pruned model runs on ``hardware.runtime``:
+``eager`` (the final model with every layer at a sparse level replaced by our kernel, the other
+layers on the faster eager dense path) or ``compiled`` (the same model compiled whole,
+``engine.runtime.compiled``: the kernels as custom ops, everything else fused by inductor).
+Verify, the end-to-end proof of the speedup, first checks that model's output against the final
+model computed densely with exact zeros (fp32 rounding only), then times it against the
+reference (the fastest dense path the profiler measured: torch, oneDNN, compiled torch or ONNX
+Runtime), interleaved, on the profile's batch and threads:
 
-    measured_speedup = median(dense seconds) / median(sparse seconds).
+    measured_speedup = median(reference seconds) / median(pruned model seconds).
 """
 
 from __future__ import annotations
@@ -20,44 +22,88 @@ from torch import nn
 
 from engine.backends.verify import VerifyError, outcome
 from engine.core.environment import fingerprint
+from engine.core.errors import RunError
 from engine.core.grid import DENSE
 from engine.core.measure import time_interleaved
 from engine.runtime.csr import KERNEL_VERSION
 from engine.runtime.execution import dense_paths, forward, set_threads
 from engine.runtime.modules import replace_submodule, sparse_module
+from engine.runtime.paths import EAGER_PATHS, REFERENCE_PATHS, compiled_path, onnx_path
 from engine.timing.cpu import profile_cpu
 from engine.timing.table import TimingTable
 
 
-def build_sparse_model(final: nn.Module, levels: dict[str, str], dense_baseline: str) -> nn.Module:
+def layer_path(table: TimingTable) -> str:
+    """The eager dense path of the layers the run keeps dense (recorded by the profiler)."""
+    recorded = (table.environment or {}).get("dense_layer_path")
+    return recorded if recorded in EAGER_PATHS else (table.dense_baseline if table.dense_baseline in EAGER_PATHS else "torch")
+
+
+def build_sparse_model(final: nn.Module, levels: dict[str, str], dense_path: str) -> nn.Module:
     """A copy of ``final`` with sparse kernels in pruned layers and the dense path elsewhere."""
     dense_names = [name for name, level in levels.items() if level == DENSE]
-    model = dense_paths(copy.deepcopy(final), dense_names, only=dense_baseline)[dense_baseline]
+    model = dense_paths(copy.deepcopy(final), dense_names, only=dense_path)[dense_path]
     for name, level in levels.items():
         if level != DENSE:
             replace_submodule(model, name, sparse_module(final.get_submodule(name)))
     return model.eval()
 
 
+def build_runtime(loaded, final: nn.Module, levels: dict[str, str], table: TimingTable, hardware, example_inputs: Any):
+    """The pruned model on ``hardware.runtime``: a callable ``inputs -> loaded.run_model output``, and the
+    module it runs (eager: our kernels in the pruned layers; compiled: the whole model compiled)."""
+    runtime = getattr(hardware, "runtime", "eager")
+    if runtime == "eager":
+        model = build_sparse_model(final, levels, layer_path(table))
+        return (lambda inputs: forward(loaded, model, inputs)), model
+    convs = [name for name, level in levels.items() if level != DENSE and isinstance(final.get_submodule(name), nn.Conv2d)]
+    if convs:
+        raise RunError(
+            f"hardware.runtime 'compiled' runs sparse Linear layers only, and {convs[0]} is a pruned Conv2d; "
+            "set hardware.runtime = 'eager'"
+        )
+    from engine.runtime.compiled import compile_model
+
+    model = build_sparse_model(final, levels, "torch")  # inductor pre-packs the dense Linears itself
+    compiled = compile_model(model, example_inputs, loaded.run_model)
+    return compiled, compiled.model
+
+
 def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table, hardware, predicted: float) -> dict:
-    """Check outputs, then measure dense vs sparse end to end; returns the ``verify`` event fields."""
+    """Check outputs, then measure the reference dense path against the pruned model on its runtime end
+    to end, interleaved; returns the ``verify`` event fields."""
     set_threads(hardware.threads)
-    dense_name = table.dense_baseline or "torch"
-    dense_model = dense_paths(copy.deepcopy(loaded.model), list(levels), only=dense_name)[dense_name].eval()
-    sparse_model = build_sparse_model(final, levels, dense_name)
+    reference = table.dense_baseline if table.dense_baseline in REFERENCE_PATHS else layer_path(table)
+    dense = _reference_runner(loaded, reference, example_inputs, hardware)
+    sparse, _ = build_runtime(loaded, final, levels, table, hardware, example_inputs)
     expected = forward(loaded, final, example_inputs)
-    got = forward(loaded, sparse_model, example_inputs)
+    got = sparse(example_inputs)
     error = float((got - expected).abs().max())
     scale = float(expected.abs().max()) or 1.0
     if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
         raise VerifyError(f"sparse kernels disagree with the pruned model: max abs difference {error:.3g}")
     stats = time_interleaved(
-        {"dense": lambda: forward(loaded, dense_model, example_inputs), "sparse": lambda: forward(loaded, sparse_model, example_inputs)},
-        warmup=hardware.warmup,
+        {"dense": dense, "sparse": lambda: sparse(example_inputs)},
+        warmup=max(1, hardware.warmup),
         repeats=hardware.repeats,
         max_spread=hardware.max_spread,
     )
-    return outcome(predicted, stats["dense"], stats["sparse"], dense_name, error)
+    fields = outcome(predicted, stats["dense"], stats["sparse"], reference, error)
+    fields["runtime"] = getattr(hardware, "runtime", "eager")
+    return fields
+
+
+def _reference_runner(loaded, name: str, example_inputs: Any, hardware):
+    """The dense model on the reference path ``name``, as a callable of no arguments."""
+    names = [layer.name for layer in loaded.layers]
+    if name in EAGER_PATHS:
+        model = dense_paths(copy.deepcopy(loaded.model), names, only=name)[name].eval()
+        return lambda: forward(loaded, model, example_inputs)
+    if name == "compiled":
+        compiled = compiled_path(copy.deepcopy(loaded.model), example_inputs, loaded.run_model)
+        return lambda: compiled(example_inputs)
+    run = onnx_path(loaded.model, example_inputs, hardware.threads)
+    return lambda: run(example_inputs)
 
 
 class CpuBackend:
@@ -69,6 +115,10 @@ class CpuBackend:
         """What a cached CPU table must match: machine, libraries, threads, batch, shapes, levels, our
         kernels' version, and the way layers were timed where it is not the default ("alone")."""
         extra: dict = {"kernel": KERNEL_VERSION}
+        if getattr(hardware, "runtime", "eager") != "eager":
+            extra["runtime"] = hardware.runtime
+        if list(getattr(hardware, "reference_paths", EAGER_PATHS)) != list(EAGER_PATHS):
+            extra["reference_paths"] = list(hardware.reference_paths)
         if getattr(hardware, "layer_timing", "alone") != "alone":
             extra["layer_timing"] = hardware.layer_timing
         if getattr(hardware, "cuda_graphs", False):
@@ -87,9 +137,12 @@ class CpuBackend:
         table.environment["fingerprint"] = self.fingerprint(table.environment, hardware, shapes, levels)
         return table
 
-    def build(self, loaded, final: nn.Module, levels: dict[str, str], table: TimingTable, hardware) -> nn.Module:
+    def build(self, loaded, final: nn.Module, levels: dict[str, str], table: TimingTable, hardware,
+              example_inputs: Any = None) -> nn.Module:
+        """The eager executable model (our kernels in the pruned layers; ``engine.deploy`` compiles it
+        for the compiled runtime)."""
         set_threads(hardware.threads)
-        return build_sparse_model(final, levels, table.dense_baseline or "torch")
+        return build_sparse_model(final, levels, "torch" if getattr(hardware, "runtime", "eager") == "compiled" else layer_path(table))
 
     def verify(self, loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table: TimingTable,
                hardware, predicted: float) -> dict:

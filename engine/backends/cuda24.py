@@ -85,7 +85,9 @@ def verify_cuda24(
         {"dense": lambda: forward(loaded, dense_model, inputs), "sparse": lambda: forward(loaded, sparse_model, inputs)},
         warmup=hardware.warmup, repeats=hardware.repeats, max_spread=hardware.max_spread, timer=device_timer(device, 1),
     )
-    return outcome(predicted, stats["dense"], stats["sparse"], table.dense_baseline or f"torch-{hardware.dtype}", error)
+    fields = outcome(predicted, stats["dense"], stats["sparse"], table.dense_baseline or f"torch-{hardware.dtype}", error)
+    fields["runtime"] = "eager"
+    return fields
 
 
 class Cuda24Backend:
@@ -112,7 +114,8 @@ class Cuda24Backend:
         table.environment["fingerprint"] = self.fingerprint(table.environment, hardware, shapes, LEVELS)
         return table
 
-    def build(self, loaded, final: nn.Module, levels: dict[str, str], table: TimingTable, hardware) -> nn.Module:
+    def build(self, loaded, final: nn.Module, levels: dict[str, str], table: TimingTable, hardware,
+              example_inputs: Any = None) -> nn.Module:
         device, dtype = torch.device("cuda"), torch_dtype(hardware.dtype)
         check_device(device)
         recorded = (table.environment or {}).get("kernels", {})

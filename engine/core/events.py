@@ -35,6 +35,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "best": ("n", "loss", "levels"),
     "baseline": ("name", "loss", "predicted_speedup"),
     "verify": ("predicted", "measured", "dense_seconds", "sparse_seconds"),
+    # the closed loop (engine.run.stages.verify): the measured speedup fell short, so the search
+    # continues at a tighter target (search_target) from its best coefficients
+    "tighten": ("round", "target", "measured", "search_target"),
     "run_finished": ("status", "wall_seconds"),
     "error": ("message",),
     # `spdy finetune` (engine.recovery.finetune): phase started, prune, step, epoch, verify, done, interrupted

@@ -95,6 +95,16 @@ class HardwareConfig:
         "Timing and verification dtype (cuda-2:4: float16 or bfloat16, the dtypes of the 2:4 kernels).",
         choices=["float32", "float16", "bfloat16"],
     )
+    runtime: str = option(
+        "compiled",
+        "cpu: what runs the pruned model: the whole model compiled (torch.compile with our sparse kernels as custom "
+        "ops; Linear layers only) or eager PyTorch with our kernels; profiled, verified and deployed the same way.",
+        choices=["compiled", "eager"],
+    )
+    reference_paths: list[str] = option(
+        ["torch", "onednn", "compiled", "onnxruntime"],
+        "cpu: dense paths measured as the speedup's reference; the fastest is the baseline (onnxruntime: encoders only).",
+    )
     cuda_graphs: bool = option(
         False,
         "cuda-2:4: time each layer as a replayed CUDA graph (no kernel-launch overhead, which dominates small layers).",
@@ -158,6 +168,14 @@ class ExportConfig:
     gap_passes: int = option(2, "Global AdaPrune passes over the calibration set.", min=1)
     gap_lr: float = option(1e-5, "Global AdaPrune Adam learning rate.", min=0.0, min_exclusive=True)
     verify: bool = option(True, "Re-measure the speedup end to end with sparse kernels.")
+    tighten_rounds: int = option(
+        3, "Closed loop: rounds of tightening the budget and continuing the search while the measured speedup "
+        "falls short of the target (0: measure only).", min=0, max=20,
+    )
+    tighten_tolerance: float = option(
+        0.02, "Closed loop: how far below the target a measurement may fall (relative) before the budget is "
+        "tightened; half the measurement's relative IQR is added.", min=0.0, max=0.5,
+    )
     weights: bool = option(True, "Write pruned.safetensors.")
 
 
@@ -280,6 +298,12 @@ def _check_consistency(profile: Profile) -> None:
         raise ProfileError(f"{src}: key 'grid.min_sparsity' ({grid.min_sparsity}) exceeds 'grid.max_sparsity' ({grid.max_sparsity})")
     if grid.pattern == "nm" and grid.n >= grid.m:
         raise ProfileError(f"{src}: key 'grid.n' must be less than 'grid.m' (got {grid.n}:{grid.m})")
+    hardware = profile.hardware
+    unknown_paths = sorted(set(hardware.reference_paths) - {"torch", "onednn", "compiled", "onnxruntime"})
+    if unknown_paths:
+        raise ProfileError(f"{src}: key 'hardware.reference_paths' has unknown paths {unknown_paths} (torch, onednn, compiled, onnxruntime)")
+    if hardware.runtime == "compiled" and hardware.layer_timing == "in-model" and hardware.backend == "cpu":
+        raise ProfileError(f"{src}: hardware.layer_timing 'in-model' times the eager runtime; set hardware.runtime = 'eager' with it")
     if profile.hardware.backend == "cuda-2:4":
         if grid.pattern != "nm":
             raise ProfileError(f"{src}: hardware.backend 'cuda-2:4' needs grid.pattern = 'nm'")

@@ -213,7 +213,7 @@ def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | 
     log = EventLog(run_dir / "events.jsonl", listener=listener)
     done = state["epoch"] if state else 0
     verify = profile.export.verify if verify is None else verify
-    return Finetune(RunContext(profile, run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify)
+    return Finetune(RunContext.from_dir(run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify)
 
 
 # ---------------------------------------------------------------------------- pieces of the loop

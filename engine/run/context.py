@@ -121,12 +121,13 @@ class RunContext:
             return {key: torch.cat([part[key] for part in parts])[:wanted] for key in parts[0]}
         return torch.cat(parts)[:wanted]
 
-    def problem(self) -> Problem:
-        """The DP problem: the table (restricted to the model's prunable layers), target and skips."""
+    def problem(self, target: float | None = None) -> Problem:
+        """The DP problem: the table (restricted to the model's prunable layers), target (the profile's
+        unless given: the closed loop searches at a tighter one) and skips."""
         table = self.table
         if table.names != self.loaded.layer_names:
             table = table.subset(self.loaded.layer_names)
-        return make_problem(table, self.profile.search.target, self.profile.search.skip)
+        return make_problem(table, target or self.profile.search.target, self.profile.search.skip)
 
     def scorer(self) -> ModelScorer:
         """A scorer of allocations by calibration loss, on this process's stitcher."""

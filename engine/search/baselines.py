@@ -25,7 +25,7 @@ from engine.core.grid import DENSE, level_sparsity
 
 
 def _fits(problem: Problem, allocation: Allocation) -> bool:
-    return allocation.predicted_time <= problem.table.base / problem.target
+    return allocation.predicted_time <= problem.table.reference_seconds / problem.target
 
 
 def _indices(problem: Problem, wanted: list[str]) -> list[int]:

@@ -2,9 +2,11 @@
 
 The speedup promise, with every layer of the table counted (spdy-method.md §6.3):
 
-    predicted_time = base - prunable + sum_l t[l][level_l]  <=  base / target,
+    predicted_time = base - prunable + sum_l t[l][level_l]  <=  reference / target,
 
-so the DP budget for the layers is ``base / target - (base - prunable)``.  Skipped layers stay
+so the DP budget for the layers is ``reference / target - (base - prunable)``, where ``reference``
+is the time of the fastest dense path a user could run (``TimingTable.reference_seconds``: ``base``
+unless another runtime, such as ONNX Runtime, was faster than the one that runs the pruned model).  Skipped layers stay
 in the problem with only their dense choice, so their dense time is charged to the budget (the
 original CLI dropped them and overshot: a 2.0x target gave 1.88x on ResNet-50).
 
@@ -122,11 +124,12 @@ class Problem:
 
     @property
     def budget(self) -> float:
-        """base / target - overhead, lowered by the odd ulp so that any layer time <= it also
-        gives ``overhead + time <= base / target`` and a speedup >= target in float arithmetic."""
-        base, overhead, limit = self.table.base, self.table.overhead, self.table.base / self.target
+        """reference / target - overhead, lowered by the odd ulp so that any layer time <= it also
+        gives ``overhead + time <= reference / target`` and a speedup >= target in float arithmetic."""
+        reference, overhead = self.table.reference_seconds, self.table.overhead
+        limit = reference / self.target
         budget = limit - overhead
-        while overhead + budget > 0 and (overhead + budget > limit or base / (overhead + budget) < self.target):
+        while overhead + budget > 0 and (overhead + budget > limit or reference / (overhead + budget) < self.target):
             budget = math.nextafter(budget, -math.inf)
         return budget
 
@@ -136,7 +139,7 @@ class Problem:
 
     @property
     def max_speedup(self) -> float:
-        return self.table.base / (self.table.overhead + self.min_time)
+        return self.table.reference_seconds / (self.table.overhead + self.min_time)
 
     @property
     def searchable(self) -> list[int]:
@@ -174,7 +177,7 @@ class Problem:
         levels = [self.levels[row][i] for row, i in enumerate(choice)]
         times = [float(self.times[row, i]) for row, i in enumerate(choice)]
         predicted = self.table.overhead + math.fsum(times)
-        return Allocation(self.table.names, levels, times, predicted, self.table.base / predicted, cost)
+        return Allocation(self.table.names, levels, times, predicted, self.table.reference_seconds / predicted, cost)
 
 
 def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str, ...] = ()) -> Problem:

@@ -84,6 +84,7 @@ class Search:
         settings: SearchSettings,
         on_evaluation: Callable[[Evaluation], None] | None = None,
         replay: dict[str, float] | None = None,
+        start: np.ndarray | None = None,
     ):
         self.problem = problem
         self.scorer = scorer
@@ -96,6 +97,7 @@ class Search:
         self.history: list[Evaluation] = []
         self.best_loss = math.inf
         self.best_c: np.ndarray | None = None
+        self.start = start  # continue from these coefficients instead of random ones (the closed loop)
 
     # ------------------------------------------------------------------ one candidate
     def allocate(self, c: np.ndarray) -> Allocation:
@@ -140,7 +142,10 @@ class Search:
         settings, n_layers = self.settings, len(self.searchable)
         if n_layers == 0:
             raise ValueError("no layer has more than one usable level: nothing to search")
-        inits = [np.random.default_rng([settings.seed, 0, 0, i]).uniform(0, 1, n_layers) for i in range(settings.random_inits)]
+        if self.start is not None:
+            inits = [np.asarray(self.start, dtype=float)]
+        else:
+            inits = [np.random.default_rng([settings.seed, 0, 0, i]).uniform(0, 1, n_layers) for i in range(settings.random_inits)]
         for start in range(0, len(inits), settings.batch):
             self._score_batch(inits[start : start + settings.batch], "init", 0)
         window_index = 0

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -29,24 +30,52 @@ from torch import nn
 from engine.core.environment import describe_environment
 from engine.core.grid import DENSE, level_sparsity
 from engine.core.masks import magnitude_mask
-from engine.runtime.execution import capture_inputs, dense_paths, forward, set_threads
+from engine.runtime.execution import capture_inputs, forward, set_threads
+from engine.runtime.paths import reference_paths
 from engine.runtime.modules import replace_submodule, sparse_module
 from engine.timing.in_model import Progress, switched_model, time_in_model
 from engine.core.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
 
 
-def choose_dense_path(loaded, example_inputs, names: list[str], hardware) -> tuple[str, nn.Module, dict]:
-    """Time the whole dense model on every available dense path; return the fastest."""
-    candidates = dense_paths(loaded.model, names)  # name -> model (torch default, oneDNN, ...)
-    stats = time_interleaved(
-        {path: (lambda m=model: forward(loaded, m, example_inputs)) for path, model in candidates.items()},
-        warmup=hardware.warmup,
-        repeats=max(5, hardware.repeats // 2),
-        max_spread=hardware.max_spread,
+@dataclass
+class DensePaths:
+    """The dense model on every path measured here, end to end, side by side.
+
+    ``layer_path``: the faster of torch and oneDNN, whose modules the layers' dense times are taken
+    from (inductor runs the dense Linears of a compiled model on the same pre-packed GEMM);
+    ``runtime_path``: the path of the runtime that will run the pruned model ("compiled", or
+    ``layer_path`` for the eager runtime); ``reference``: the fastest of all, the speedup's baseline."""
+
+    stats: dict
+    layer_path: str
+    layer_model: nn.Module
+    runtime_path: str
+    run_runtime: Callable[[], Any]
+    reference: str
+    missing: dict
+
+    def reference_ratio(self) -> float:
+        """reference time / runtime time, from the same interleaved rounds."""
+        return self.stats[self.reference].median / self.stats[self.runtime_path].median
+
+
+def measure_dense_paths(loaded, example_inputs, names: list[str], hardware, workdir=None) -> DensePaths:
+    """Time the whole dense model on every available dense path, interleaved (``engine.runtime.paths``)."""
+    runtime = getattr(hardware, "runtime", "eager")
+    wanted = list(getattr(hardware, "reference_paths", ["torch", "onednn"]))
+    runners, eager, missing = reference_paths(
+        loaded.model, names, example_inputs, loaded.run_model, hardware.threads,
+        compiled=runtime == "compiled" or "compiled" in wanted, onnx="onnxruntime" in wanted, workdir=workdir,
     )
-    fastest = min(stats, key=lambda path: stats[path].median)
-    return fastest, candidates[fastest], {path: s.to_json() for path, s in stats.items()}
+    stats = time_interleaved(
+        runners, warmup=max(1, hardware.warmup), repeats=max(5, hardware.repeats // 2), max_spread=hardware.max_spread,
+    )
+    layer_path = min((name for name in eager), key=lambda name: stats[name].median)
+    runtime_path = "compiled" if runtime == "compiled" else layer_path
+    # the reference: the fastest of the wanted paths and of our own runtime's dense model
+    reference = min((name for name in stats if name in wanted or name == runtime_path), key=lambda name: stats[name].median)
+    return DensePaths(stats, layer_path, eager[layer_path], runtime_path, runners[runtime_path], reference, missing)
 
 
 def profile_cpu(
@@ -63,9 +92,10 @@ def profile_cpu(
     counted once either way.  ``seed`` draws the in-model pass order."""
     set_threads(hardware.threads)
     names = [layer.name for layer in layers]
-    dense_name, dense_model, end_to_end = choose_dense_path(loaded, example_inputs, names, hardware)
+    paths = measure_dense_paths(loaded, example_inputs, names, hardware)
+    dense_model = paths.layer_model
     if getattr(hardware, "layer_timing", "alone") == "alone":
-        stats, base_stats = _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress)
+        stats, base_stats = _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, paths.run_runtime)
         base, extra = base_stats.median, {"base": base_stats.to_json()}
     else:
         stats, base, extra = _time_in_model(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, seed)
@@ -74,7 +104,10 @@ def profile_cpu(
         name: {level: round(s.spread, 4) for level, s in stats[name].items() if not s.stable} for name in names
     }
     environment = describe_environment()
-    environment["end_to_end"] = end_to_end
+    environment["end_to_end"] = {name: stat.to_json() for name, stat in paths.stats.items()}
+    environment["dense_layer_path"] = paths.layer_path
+    environment["runtime"] = getattr(hardware, "runtime", "eager")
+    environment["reference_paths_missing"] = paths.missing
     environment["unstable_rows"] = {name: s for name, s in unstable.items() if s}
     environment["layer_timing"] = getattr(hardware, "layer_timing", "alone")
     environment.update(extra)
@@ -85,10 +118,13 @@ def profile_cpu(
             f"the dense layers' times add up to {prunable * 1e3:.3f} ms, more than the dense model end to end "
             f"({base * 1e3:.3f} ms): measurement noise; re-measure with more repeats"
         )
-    return TimingTable(base, prunable, rows, backend="cpu", dense_baseline=dense_name, environment=environment, warnings=warnings)
+    return TimingTable(
+        base, prunable, rows, backend="cpu", dense_baseline=paths.reference, environment=environment, warnings=warnings,
+        baseline_seconds=base * paths.reference_ratio(),
+    )
 
 
-def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress) -> tuple[dict, Stats]:
+def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, run_base) -> tuple[dict, Stats]:
     """Each layer alone on the input it sees in the model, its levels interleaved; and the base.
 
     The base (the dense model end to end) is sampled between the layers, ``ceil(repeats / layers)``
@@ -109,7 +145,7 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
             stats[name] = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread)
         for _ in range(passes_per_layer):
             started = time.perf_counter()
-            forward(loaded, dense_model, example_inputs)
+            run_base()
             base_samples.append(time.perf_counter() - started)
         for level in levels:
             done += 1

@@ -5,8 +5,13 @@ the model take?  Under the additive model (spdy-method.md §2.1)
 
     predicted_time = base - prunable + sum_l seconds[l][i_l],
 
-where ``base`` is the dense end-to-end time and ``prunable`` the dense time of the listed
-layers (so ``base - prunable`` is the fixed overhead: attention, norms, adds, ...).
+where ``base`` is the dense end-to-end time on the runtime that will run the pruned model and
+``prunable`` the dense time of the listed layers (so ``base - prunable`` is the fixed overhead:
+attention, norms, adds, ...).  Speedups are against the *reference*: the fastest dense path a
+user could run instead (``dense_baseline`` names it; ``reference_seconds`` is its time, ``base``
+when not recorded, e.g. ONNX Runtime when it beats compiled torch):
+
+    speedup = reference_seconds / predicted_time.
 
 Two formats are read and written:
 
@@ -87,8 +92,14 @@ class TimingTable:
     dense_baseline: str = ""
     environment: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    baseline_seconds: float | None = None  # the reference's time when it is not ``base``
 
     # ------------------------------------------------------------------ queries
+    @property
+    def reference_seconds(self) -> float:
+        """The time speedups are measured against: the fastest dense path a user could run."""
+        return self.base if self.baseline_seconds is None else self.baseline_seconds
+
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -110,7 +121,7 @@ class TimingTable:
         dropped = math.fsum(layer.dense_seconds for layer in self.layers if layer.name not in set(names))
         return TimingTable(
             self.base, self.prunable - dropped, kept, self.unit, self.backend, self.dense_baseline,
-            dict(self.environment), list(self.warnings),
+            dict(self.environment), list(self.warnings), self.baseline_seconds,
         )
 
     def matrix(self) -> tuple[np.ndarray, list[list[str]]]:
@@ -128,7 +139,7 @@ class TimingTable:
 
     def max_speedup(self) -> float:
         """Speedup if every layer ran at its fastest level."""
-        return self.base / (self.overhead + math.fsum(min(layer.seconds) for layer in self.layers))
+        return self.reference_seconds / (self.overhead + math.fsum(min(layer.seconds) for layer in self.layers))
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:
@@ -140,6 +151,7 @@ class TimingTable:
             "prunable": self.prunable,
             "backend": self.backend,
             "dense_baseline": self.dense_baseline,
+            **({"baseline_seconds": self.baseline_seconds} if self.baseline_seconds is not None else {}),
             "environment": self.environment,
             "warnings": self.warnings,
             "layers": [
@@ -168,6 +180,7 @@ class TimingTable:
                 dense_baseline=data.get("dense_baseline", ""),
                 environment=dict(data.get("environment", {})),
                 warnings=list(data.get("warnings", [])),
+                baseline_seconds=None if data.get("baseline_seconds") is None else float(data["baseline_seconds"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, TableError):

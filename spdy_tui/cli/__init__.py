@@ -3,7 +3,7 @@
 stdout carries data (a table, or JSON with --json); stderr carries progress and diagnostics.
 User mistakes end with a one-line message and a documented exit code (``Exit``), never a
 traceback; with --json the error is also a JSON object on stdout. The commands, in the order of
-a run: check, layers, timings, db, run, solve, verify, finetune, inspect, env.
+a run: check, layers, timings, db, run, solve, verify, bench, finetune, inspect, env.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ COMMANDS = (
     ("run", _runs.run),
     ("solve", _tools.solve),
     ("verify", _runs.verify),
+    ("bench", _runs.bench),
     ("finetune", _finetune.finetune),
     ("inspect", _tools.inspect),
     ("env", _tools.env),

@@ -133,7 +133,7 @@ def verify(
         if threads is not None:
             hardware = replace(ctx.profile.hardware, threads=threads)
             ctx = RunContext(replace(ctx.profile, hardware=hardware), run_dir, log)
-        verify_stage.make(ctx)
+        verify_stage.remeasure(ctx)
     outcome = read_result(run_dir)["verify"]
     if as_json:
         print_json(outcome)
@@ -142,3 +142,36 @@ def verify(
         f"predicted {outcome['predicted']:.3f}x, measured {outcome['measured']:.3f}x "
         f"(dense {outcome['dense_seconds'] * 1e3:.1f} ms on {outcome['dense_baseline']}, sparse {outcome['sparse_seconds'] * 1e3:.1f} ms)"
     )
+
+
+def bench(
+    run_dir: Path = argument("A finished run directory.", "RUN_DIR"),
+    rounds: int = option(10, "--rounds", metavar="N", min=1, help="Interleaved rounds (each runtime runs --calls timed passes per round)."),
+    calls: int = option(3, "--calls", metavar="N", min=1, help="Timed passes per runtime per round."),
+    as_json: bool = json_flag("the bench record"),
+) -> None:
+    """The deployable model against every dense path (torch, oneDNN, compiled, ONNX Runtime fp32 and int8),
+    each in its own process, interleaved; writes bench.json, bench.md and bench.png into the run directory."""
+    existing_dir(run_dir, "run directory")
+    if not (run_dir / "final.safetensors").is_file():
+        raise fail(f"{run_dir}: no final.safetensors (run `spdy run` first)")
+    from engine.core.atomic import write_bytes, write_text
+    from engine.core.environment import describe_environment
+    from engine.deploy import bench as benchmark
+    from engine.export.result import read_result, write_json
+    from engine.run.context import RunContext
+
+    ctx = RunContext.from_dir(run_dir)
+    report = benchmark.bench(ctx, read_result(run_dir), rounds=rounds, calls=calls, on_progress=lambda line: err.print(line))
+    table = benchmark.markdown(report, describe_environment())
+    write_json(run_dir / "bench.json", report)
+    write_text(run_dir / "bench.md", table)
+    write_bytes(run_dir / "bench.png", benchmark.png(report))
+    report_md = run_dir / "report.md"
+    if report_md.is_file():
+        text = report_md.read_text().split("\n## Runtimes side by side (spdy bench)")[0].rstrip("\n")
+        write_text(report_md, text + "\n\n## Runtimes side by side (spdy bench)\n\n" + table + "\n![runtimes](bench.png)\n")
+    if as_json:
+        print_json(report)
+    else:
+        out.print(table)

@@ -16,8 +16,13 @@ def is_done(ctx: RunContext) -> bool:
 
 
 def make(ctx: RunContext) -> None:
+    make_final(ctx, ctx.search_record, ctx.problem())
+
+
+def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None) -> None:
+    """Stitch ``search``'s allocation (+ global AdaPrune), write final.safetensors and result.json
+    (its speedup predicted on ``problem``'s table, its target the profile's)."""
     loaded, data = ctx.loaded, ctx.data
-    search = ctx.search_record
     levels = search["levels"]
     scorer = ctx.scorer()
     calibration = scorer.loss(levels)
@@ -35,7 +40,6 @@ def make(ctx: RunContext) -> None:
     products.write_final(ctx.run_dir, final)
     ctx.final_model = final.eval()
     heldout = ctx.heldout_metric(levels, model=final)
-    problem = ctx.problem()
     allocation = problem.allocation([problem.levels[row].index(level) for row, level in enumerate(levels)])
     table = ctx.table
     write_result(ctx.run_dir, {
@@ -53,4 +57,7 @@ def make(ctx: RunContext) -> None:
         "budget": problem.budget,
         "base_time": table.base,
         "predicted_time": allocation.predicted_time,
+        "reference_time": table.reference_seconds,
+        "runtime": getattr(ctx.profile.hardware, "runtime", "eager"),
+        **(extra or {}),
     })

@@ -29,12 +29,23 @@ def logged_evaluations(ctx: RunContext) -> list[dict]:
 
 
 def make(ctx: RunContext) -> None:
+    record = run_search(ctx, ctx.problem())
+    products.write_search(ctx.run_dir, record)
+    ctx.__dict__.pop("search_record", None)
+
+
+def run_search(ctx: RunContext, problem, start=None, settings: SearchSettings | None = None) -> dict:
+    """SPDY's search on ``problem``, every evaluation logged; the search record (search.json's fields).
+
+    ``start``: continue from these coefficients (the closed loop) instead of random ones.  Losses of
+    allocations already in the log are replayed, whatever round scored them: an allocation's loss
+    does not depend on the target.  Evaluations are numbered on from those already logged."""
     config = ctx.profile.search
-    problem = ctx.problem()
     logged = logged_evaluations(ctx)
     replay = {event["key"]: (math.inf if event["loss"] is None else event["loss"]) for event in logged if "key" in event}
-    already = len(logged)
-    settings = SearchSettings(
+    offset = max((event["n"] for event in logged), default=0) if start is not None else 0
+    already = 0 if start is not None else len(logged)
+    settings = settings or SearchSettings(
         config.random_inits, config.window, config.layer_fraction, config.buckets, batch=config.workers,
         seed=ctx.profile.run.seed,
     )
@@ -42,15 +53,16 @@ def make(ctx: RunContext) -> None:
     def on_evaluation(event):
         if event.n <= already:
             return  # replayed from the log of an interrupted run
+        n = event.n + offset
         ctx.log.emit(
-            "eval", n=event.n, phase=event.phase, k=event.k, loss=finite(event.loss), best=finite(event.best),
+            "eval", n=n, phase=event.phase, k=event.k, loss=finite(event.loss), best=finite(event.best),
             accepted=event.accepted, predicted_speedup=event.predicted_speedup, key=allocation_key(event.levels),
             levels=event.levels,
         )
         if event.accepted:
             times = [layer.seconds_at(level) for layer, level in zip(problem.table.layers, event.levels)]
             ctx.log.emit(
-                "best", n=event.n, loss=event.loss, levels=event.levels, names=problem.table.names, times=times,
+                "best", n=n, loss=event.loss, levels=event.levels, names=problem.table.names, times=times,
                 budget=problem.budget, predicted_speedup=event.predicted_speedup,
             )
 
@@ -59,14 +71,13 @@ def make(ctx: RunContext) -> None:
         workers.adopt(ctx)
     scorer = executor.scorer(workers.build_scorer, (str(ctx.run_dir),))
     try:
-        result = Search(problem, scorer, settings, on_evaluation, replay).run()
+        result = Search(problem, scorer, settings, on_evaluation, replay, start=start).run()
     finally:
         scorer.close()
-    products.write_search(ctx.run_dir, {
+    return {
         "coefficients": result.coefficients.tolist(),
         "levels": result.allocation.levels,
         "loss": result.loss,
-        "evaluations": result.evaluations,
+        "evaluations": result.evaluations + offset,
         "predicted_speedup": result.allocation.predicted_speedup,
-    })
-    ctx.__dict__.pop("search_record", None)
+    }

@@ -1,0 +1,165 @@
+"""What a user deploys: a finished run's pruned model, on the runtime the run verified.
+
+    from engine.deploy import load, sentence_transformer
+
+    model = load("runs/minilm-cpu")                  # a drop-in torch.nn.Module
+    encoder = sentence_transformer("runs/minilm-cpu")  # sentence_transformers.SentenceTransformer
+    embeddings = encoder.encode(["a sentence", "another one"])
+
+``load`` builds the run's final weights (``final.safetensors``) into the backend's executable
+model (``engine.backends``: our sparse kernels in the pruned layers, the dense path elsewhere)
+and, for ``hardware.runtime = "compiled"``, compiles the whole model (``engine.runtime.compiled``).
+It is called like the original model and returns what the original returns (for a Hugging Face
+encoder: an output whose ``last_hidden_state`` and ``[0]`` are the token states); the outputs equal
+the dense-with-zeros pruned model's up to float rounding.  The speedup lives in this runtime:
+``pruned.safetensors`` in plain PyTorch computes the same outputs at dense speed.
+
+The run directory records the machine its speedup was measured on (``timings.json``); loading
+on a machine that differs warns (``DeployWarning``) and says what differs, since the measured
+speedup is a fact about that machine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.core.environment import describe_environment
+from engine.core.errors import RunError
+from engine.export.result import allocation, read_result
+from engine.run.context import RunContext
+
+RUNTIMES = ("eager", "compiled")
+COMPARED = ("cpu", "isa", "torch", "numba", "numpy", "spdy-tui", "gpu")
+
+
+class DeployWarning(UserWarning):
+    """The model is loaded where its speedup was not measured."""
+
+
+def environment_differences(recorded: dict, here: dict | None = None) -> list[str]:
+    """What differs between the environment a table was measured in and this one."""
+    here = here if here is not None else describe_environment()
+    return [
+        f"{key}: measured on {recorded.get(key)!r}, here {here.get(key)!r}"
+        for key in COMPARED
+        if key in recorded and recorded.get(key) != here.get(key)
+    ]
+
+
+def _context(run_dir: str | Path) -> RunContext:
+    run_dir = Path(run_dir)
+    if not (run_dir / "profile.toml").is_file() or not (run_dir / "final.safetensors").is_file():
+        raise RunError(f"{run_dir}: not a finished run directory (it needs profile.toml and final.safetensors from `spdy run`)")
+    return RunContext.from_dir(run_dir)
+
+
+def runtime_of(ctx: RunContext, result: dict) -> str:
+    """The runtime the run verified (result.json), else the profile's."""
+    runtime = (result.get("verify") or {}).get("runtime") or getattr(ctx.profile.hardware, "runtime", "eager")
+    if runtime not in RUNTIMES:
+        raise RunError(f"{ctx.run_dir / 'result.json'}: unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    return runtime
+
+
+def load(run_dir: str | Path, runtime: str | None = None) -> nn.Module:
+    """The run's pruned model on its runtime (or ``runtime``: "eager" or "compiled"), in eval mode."""
+    ctx = _context(run_dir)
+    result = read_result(ctx.run_dir)
+    runtime = runtime or runtime_of(ctx, result)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    differences = environment_differences(ctx.table.environment)
+    if differences:
+        warnings.warn(
+            f"{ctx.run_dir}: its speedup was measured on another machine or software ({'; '.join(differences)}); "
+            "re-measure here with `spdy verify` or `spdy bench`", DeployWarning, stacklevel=2,
+        )
+    executable = ctx.backend.build(ctx.loaded, ctx.final_model, allocation(result), ctx.table, ctx.profile.hardware)
+    if runtime == "eager":
+        return executable.eval()
+    return compiled_model(ctx, executable)
+
+
+def compiled_model(ctx: RunContext, executable: nn.Module) -> nn.Module:
+    """``executable`` compiled for the run's timing batch, wrapped to be called like the original."""
+    from engine.runtime.compiled import compile_model
+
+    example = ctx.timing_inputs()
+    if ctx.loaded.tokenizer is not None and isinstance(example, dict):
+        compiled = compile_model(executable, example, _last_hidden_state, cache_dir=ctx.run_dir / "compiled")
+        return CompiledEncoder(compiled, getattr(executable, "pooler", None)).eval()
+    compiled = compile_model(executable, example, cache_dir=ctx.run_dir / "compiled")
+    return CompiledModule(compiled).eval()
+
+
+def _last_hidden_state(model: nn.Module, inputs: dict) -> torch.Tensor:
+    return model(**inputs).last_hidden_state
+
+
+class CompiledModule(nn.Module):
+    """A compiled model called like the original: ``module(inputs) -> output``."""
+
+    def __init__(self, compiled):
+        super().__init__()
+        self.compiled = compiled
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.compiled.compile_seconds
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.compiled(inputs)
+
+
+class CompiledEncoder(nn.Module):
+    """A compiled Hugging Face encoder called like the original (``input_ids``, ``attention_mask``,
+    ``token_type_ids``), returning ``last_hidden_state`` (and ``pooler_output`` when the model has a
+    pooler).  Batches other than the compiled shape are padded to it and cut back: padded tokens are
+    masked, so the real tokens' states are those of an unpadded run."""
+
+    def __init__(self, compiled, pooler: nn.Module | None = None):
+        super().__init__()
+        self.compiled = compiled
+        self.pooler = pooler
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.compiled.compile_seconds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_ignored):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        inputs = {"input_ids": input_ids}
+        inputs["attention_mask"] = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        inputs["token_type_ids"] = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        with torch.no_grad():
+            hidden = self.compiled(inputs)[:, : input_ids.shape[1]]
+            pooled = self.pooler(hidden) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def sentence_transformer(run_dir: str | Path, runtime: str | None = None):
+    """A ``SentenceTransformer`` (the run's MiniLM or Hugging Face encoder, with its pooling) whose
+    ``encode`` runs the pruned model on the run's runtime."""
+    from sentence_transformers import SentenceTransformer
+
+    ctx = _context(run_dir)
+    if ctx.loaded.task != "encoder" or ctx.loaded.tokenizer is None:
+        raise RunError(f"{ctx.run_dir}: sentence_transformer needs an encoder run (model.source minilm or hf), "
+                       f"not {ctx.profile.model.source!r}")
+    path = ctx.profile.model.path if ctx.profile.model.source == "hf" else _minilm_path()
+    encoder = SentenceTransformer(path, device="cpu")
+    encoder[0].auto_model = load(run_dir, runtime)
+    return encoder
+
+
+def _minilm_path() -> str:
+    from engine.model.sources import minilm_path
+
+    return minilm_path()

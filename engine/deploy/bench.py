@@ -1,0 +1,222 @@
+"""``spdy bench RUN_DIR``: the deployable model against every dense path a user has, side by side.
+
+Each runtime lives in its own worker process (thread pools of different runtimes in one process
+disturb each other: field notes), built one after the other, then timed in interleaved rounds:
+in every round each worker in turn (rotated order) runs ``warmup`` untimed and ``calls`` timed
+forward passes on the run's timing batch while the others wait.  Per runtime: the median and the
+interquartile range of the per-call seconds, the speedup over the fastest dense path, and the
+held-out quality (cosine of the outputs to the dense model's: the mean, the 10th percentile).
+
+    pruned            the run's model on its runtime (engine.deploy.load)
+    pruned-eager      the same weights on our kernels in eager PyTorch (when the run is compiled)
+    torch, onednn     the dense model eager (MKL; oneDNN pre-packed Linears)
+    compiled          the dense model under torch.compile (inductor, frozen weights)
+    onnxruntime       the dense model in ONNX Runtime fp32          (encoders)
+    onnxruntime-int8  ONNX Runtime dynamic int8, per-channel weights (encoders; a reference point)
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing as mp
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DENSE = ("torch", "onednn", "compiled", "onnxruntime")
+REFERENCE_POINTS = ("onnxruntime-int8",)
+
+
+def runtimes_for(ctx, result: dict) -> list[str]:
+    """The runtimes ``spdy bench`` compares for a run."""
+    names = ["pruned"] + (["pruned-eager"] if (result.get("verify") or {}).get("runtime", result.get("runtime")) == "compiled" else [])
+    names += ["torch", "onednn", "compiled"]
+    from engine.runtime.paths import onnx_exportable
+
+    if onnx_exportable(ctx.loaded.model, ctx.timing_inputs()) is None:
+        names += ["onnxruntime", "onnxruntime-int8"]
+    return names
+
+
+def _build(ctx, name: str, workdir: Path):
+    """(a callable running the timing batch, a callable computing outputs for any inputs)."""
+    from engine.deploy import load
+    from engine.runtime.execution import dense_paths, forward
+
+    loaded, inputs = ctx.loaded, ctx.timing_inputs()
+    if name in ("pruned", "pruned-eager"):
+        model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None)
+        return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
+    if name in ("torch", "onednn"):
+        model = dense_paths(copy.deepcopy(loaded.model), loaded.layer_names, only=name)[name].eval()
+        return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
+    if name == "compiled":
+        from engine.runtime.paths import compiled_path
+
+        compiled = compiled_path(copy.deepcopy(loaded.model), inputs, loaded.run_model, cache_dir=workdir / "inductor")
+        return (lambda: compiled(inputs)), (lambda x: compiled(x))
+    from engine.runtime.onnx_runtime import OrtEncoder, export_onnx, quantize_int8
+
+    model = copy.deepcopy(loaded.model).eval()
+    model.set_attn_implementation("eager")
+    path = workdir / "dense.onnx"
+    if not path.exists():
+        export_onnx(model, inputs, path)
+    if name == "onnxruntime-int8":
+        path = quantize_int8(path, workdir / "dense-int8.onnx")
+    encoder = OrtEncoder(path, ctx.profile.hardware.threads)
+    feeds = encoder.feeds(inputs)
+    return (lambda: encoder.run_feeds(feeds)), (lambda x: encoder(x))
+
+
+def _worker(connection, run_dir: str, name: str, workdir: str) -> None:  # pragma: no cover - child process
+    try:
+        from engine.run.context import RunContext
+        from engine.runtime.execution import set_threads
+
+        ctx = RunContext.from_dir(run_dir)
+        set_threads(ctx.profile.hardware.threads)
+        started = time.perf_counter()
+        run, outputs = _build(ctx, name, Path(workdir))
+        run()
+        built = time.perf_counter() - started
+        with torch.no_grad():
+            heldout = [np.asarray(outputs(batch.inputs), dtype=np.float32) for batch in ctx.data.heldout]
+        connection.send(("ready", (built, heldout)))
+    except BaseException:
+        connection.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        warmup, calls = request
+        with torch.no_grad():
+            for _ in range(warmup):
+                run()
+            samples = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                run()
+                samples.append(time.perf_counter() - started)
+        connection.send(("ok", samples))
+
+
+class BenchError(RuntimeError):
+    """A runtime could not be built or run; the message carries its traceback."""
+
+
+def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, names: list[str] | None = None,
+          on_progress=None) -> dict:
+    """Time every runtime in its own process, interleaved; the table's rows and the setup."""
+    names = names or runtimes_for(ctx, result)
+    workdir = ctx.run_dir / "bench"
+    workdir.mkdir(exist_ok=True)
+    context = mp.get_context("spawn")
+    workers, built, heldout = {}, {}, {}
+    try:
+        for name in names:  # built one after the other: compiles and exports do not overlap the others
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker, args=(child, str(ctx.run_dir), name, str(workdir)), daemon=True)
+            process.start()
+            status, payload = parent.recv()
+            if status == "error":
+                raise BenchError(f"runtime {name}: could not be built:\n{payload}")
+            workers[name] = (parent, process)
+            built[name], heldout[name] = payload
+            if on_progress is not None:
+                on_progress(f"built {name} in {built[name]:.1f} s")
+        samples = {name: [] for name in names}
+        for round_index in range(rounds):
+            order = names[round_index % len(names):] + names[: round_index % len(names)]
+            for name in order:
+                connection = workers[name][0]
+                connection.send((warmup, calls))
+                status, payload = connection.recv()
+                if status == "error":
+                    raise BenchError(f"runtime {name} failed:\n{payload}")
+                samples[name].extend(payload)
+            if on_progress is not None:
+                on_progress(f"round {round_index + 1}/{rounds}")
+    finally:
+        for connection, process in workers.values():
+            try:
+                connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+    return summarise(ctx, names, samples, heldout, built, rounds, warmup, calls)
+
+
+def _cosines(outputs: list[np.ndarray], dense: list[np.ndarray]) -> np.ndarray:
+    a, b = np.concatenate(outputs), np.concatenate(dense)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def summarise(ctx, names, samples, heldout, built, rounds, warmup, calls) -> dict:
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    dense = [name for name in names if name in DENSE]
+    fastest = min(dense, key=lambda name: medians[name])
+    rows = []
+    for name in names:
+        q1, _, q3 = np.quantile(samples[name], [0.25, 0.5, 0.75])
+        row = {"runtime": name, "ms": medians[name] * 1e3, "iqr_ms": [q1 * 1e3, q3 * 1e3],
+               "speedup": medians[fastest] / medians[name], "build_seconds": built[name]}
+        if heldout[name] and heldout["torch"]:
+            cosines = _cosines(heldout[name], heldout["torch"])
+            row["cosine_mean"], row["cosine_p10"] = float(cosines.mean()), float(np.quantile(cosines, 0.1))
+        rows.append(row)
+    return {"rows": rows, "baseline": fastest, "rounds": rounds, "warmup": warmup, "calls": calls,
+            "threads": ctx.profile.hardware.threads, "batch": ctx.profile.hardware.batch_size,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def markdown(report: dict, environment: dict) -> str:
+    """The bench table, with the baseline and the machine named."""
+    lines = [
+        f"Measured {report['when']} on {environment.get('cpu', '?')} ({environment.get('isa', '?')}), "
+        f"{report['threads']} threads, batch {report['batch']}; each runtime in its own process, "
+        f"{report['rounds']} interleaved rounds x {report['calls']} calls. Speedup over the fastest dense path: "
+        f"**{report['baseline']}**.",
+        "",
+        "| runtime | ms (median) | IQR ms | speedup | held-out cosine to dense (mean / p10) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        cosine = f"{row['cosine_mean']:.4f} / {row['cosine_p10']:.4f}" if "cosine_mean" in row else "-"
+        lines.append(f"| {row['runtime']} | {row['ms']:.1f} | {row['iqr_ms'][0]:.1f}-{row['iqr_ms'][1]:.1f} | "
+                     f"{row['speedup']:.3f}x | {cosine} |")
+    return "\n".join(lines) + "\n"
+
+
+def png(report: dict) -> bytes:
+    """Bars of median ms per runtime (IQR whiskers), the baseline marked."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    rows = report["rows"]
+    figure = Figure(figsize=(7, 0.45 * len(rows) + 1.2))
+    axes = figure.add_subplot()
+    labels = [row["runtime"] for row in rows][::-1]
+    ms = [row["ms"] for row in rows][::-1]
+    errors = np.array([[row["ms"] - row["iqr_ms"][0], row["iqr_ms"][1] - row["ms"]] for row in rows][::-1]).T
+    colours = ["tab:green" if label.startswith("pruned") else "tab:gray" for label in labels]
+    axes.barh(labels, ms, xerr=errors, color=colours)
+    for y, row in enumerate(rows[::-1]):
+        axes.text(row["ms"], y, f" {row['speedup']:.2f}x", va="center", fontsize=8)
+    axes.set_xlabel(f"ms per batch (median, IQR); speedup over {report['baseline']}")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

@@ -1,0 +1,247 @@
+"""Our Numba CSR kernel as a PyTorch custom operator, so ``torch.compile`` can take a whole sparse model.
+
+``SparseLinear`` (engine.runtime.modules) calls the Numba kernel from Python with NumPy views; dynamo
+cannot trace that (``.numpy()`` and a Numba dispatcher are graph breaks), so a compiled model would
+fall back to eager around every sparse layer and inductor could fuse nothing across them.  Here the
+kernel is registered with ``torch.library.custom_op`` as
+
+    spdy::csr_linear(Tensor x, Tensor indptr, Tensor indices, Tensor values, Tensor bias,
+                     int panel_width) -> Tensor
+
+an opaque operator: dynamo records one node for it, its fake (meta) implementation gives the output
+shape ``x.shape[:-1] + (out_features,)`` without running anything, and inductor calls the real
+implementation as an extern kernel between the kernels it generates for everything else.  The packed
+weight travels as three ordinary tensors (the arrays of ``CSRWeight``: ``indptr`` (panels, out + 1)
+int64, ``indices`` int32, ``values`` float32) held as buffers of ``OpSparseLinear``; with inductor's
+``freezing`` they become constants of the compiled graph.  The real implementation views them as
+NumPy arrays (no copies) and runs ``engine.runtime.csr.spmm``, the very call ``SparseLinear`` makes,
+so the op's output equals ``SparseLinear``'s bit for bit (same arrays, same kernel, same threads).
+
+The operator is inference-only: it has no autograd formula (call it under ``torch.no_grad()`` or
+``torch.inference_mode()``), takes float32 CPU tensors and returns a new contiguous float32 tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from engine.runtime.csr import CSRWeight, spmm
+from engine.runtime.modules import SparseLinear
+
+OP_NAME = "spdy::csr_linear"
+
+
+def _check(x: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> None:
+    if x.dtype != torch.float32 or values.dtype != torch.float32 or bias.dtype != torch.float32:
+        raise TypeError(f"{OP_NAME}: x, values and bias must be float32 (got {x.dtype}, {values.dtype}, {bias.dtype})")
+    if indptr.dtype != torch.int64 or indices.dtype != torch.int32:
+        raise TypeError(f"{OP_NAME}: indptr must be int64 and indices int32 (got {indptr.dtype}, {indices.dtype})")
+    if indptr.dim() != 2:
+        raise ValueError(f"{OP_NAME}: indptr must be (panels, out_features + 1), got shape {tuple(indptr.shape)}")
+    if bias.shape != (indptr.shape[1] - 1,):
+        raise ValueError(f"{OP_NAME}: bias must have shape ({indptr.shape[1] - 1},), got {tuple(bias.shape)}")
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=(), device_types="cpu")
+def csr_linear(
+    x: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    panel_width: int,
+) -> torch.Tensor:
+    """y = x @ W^T + bias for token-major x (..., in_features), W the CSR weight given by its arrays.
+
+    ``in_features`` is ``x.shape[-1]``; ``out_features`` is ``indptr.shape[1] - 1``.  ``panel_width``
+    is ``CSRWeight.panel_width`` (the kernel itself reads only the arrays; it is passed so that the
+    weight can be rebuilt exactly and checked)."""
+    _check(x, indptr, indices, values, bias)
+    out_features = indptr.shape[1] - 1
+    weight = CSRWeight(
+        indptr.numpy(), indices.numpy(), values.numpy(), (out_features, x.shape[-1]), panel_width
+    )
+    out = torch.empty(*x.shape[:-1], out_features, dtype=torch.float32)
+    spmm(weight, x.detach().contiguous().numpy(), bias.numpy(), out.numpy())
+    return out
+
+
+@csr_linear.register_fake
+def _csr_linear_fake(x, indptr, indices, values, bias, panel_width):
+    torch._check(indptr.dim() == 2, lambda: f"{OP_NAME}: indptr must be 2-D")
+    return x.new_empty(*x.shape[:-1], indptr.shape[1] - 1, dtype=torch.float32)
+
+
+class OpSparseLinear(nn.Module):
+    """``SparseLinear`` on the ``spdy::csr_linear`` operator: the same kernel, traceable by dynamo.
+
+    Holds the CSR arrays and the bias as buffers (so ``model.to``/``state_dict`` see them and
+    inductor's freezing turns them into constants).  Inference only, float32, CPU."""
+
+    def __init__(self, csr: CSRWeight, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = csr.shape
+        self.panel_width = int(csr.panel_width)
+        self.register_buffer("indptr", torch.from_numpy(csr.indptr))
+        self.register_buffer("indices", torch.from_numpy(csr.indices))
+        self.register_buffer("values", torch.from_numpy(csr.values))
+        bias = torch.zeros(self.out_features) if bias is None else bias.detach().float().contiguous().clone()
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_sparse_linear(cls, layer: SparseLinear) -> OpSparseLinear:
+        csr = numba_csr(layer)
+        if csr is None:
+            raise ValueError("only a SparseLinear on the numba kernel (a CSRWeight) has a custom op")
+        return cls(csr, layer.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> OpSparseLinear:
+        """Keep the exact non-zeros of ``linear.weight`` (panels sized as ``CSRWeight.from_dense`` does)."""
+        return cls(CSRWeight.from_dense(linear.weight), linear.bias)
+
+    @property
+    def density(self) -> float:
+        return self.values.numel() / max(1, self.out_features * self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.spdy.csr_linear(x.float(), self.indptr, self.indices, self.values, self.bias, self.panel_width)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
+
+
+def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the qualified name (e.g. "encoder.layer.0.output.dense") points."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def numba_csr(layer: nn.Module) -> CSRWeight | None:
+    """The ``CSRWeight`` a ``SparseLinear`` runs on, or None if it runs on another kernel.  (Its
+    attribute has been ``csr`` and ``packed`` in turn; both are accepted.)"""
+    for attribute in ("packed", "csr"):
+        value = getattr(layer, attribute, None)
+        if isinstance(value, CSRWeight):
+            return value
+    return None
+
+
+def use_custom_ops(model: nn.Module) -> nn.Module:
+    """Swap every numba ``SparseLinear`` in ``model`` (in place) for an ``OpSparseLinear`` sharing its
+    arrays; returns ``model``.  Other modules (dense layers, ``SparseConv2d``) are left as they are."""
+    names = [
+        name for name, module in model.named_modules() if isinstance(module, SparseLinear) and numba_csr(module) is not None
+    ]
+    for name in names:
+        replace_submodule(model, name, OpSparseLinear.from_sparse_linear(model.get_submodule(name)))
+    return model
+
+
+def sparsify_with_ops(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the named ``nn.Linear`` submodules (in place) by ``OpSparseLinear``; returns ``model``."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"{name} is a {type(layer).__name__}, not an nn.Linear")
+        replace_submodule(model, name, OpSparseLinear.from_linear(layer))
+    return model
+
+
+# ---------------------------------------------------------------------------- sibling fusion
+FUSION_VERSION = 1  # part of the pass's uuid: bump when the pass changes (invalidates cached graphs)
+
+
+def fuse_sibling_csr_linears(graph: torch.fx.Graph) -> int:
+    """Stack ``spdy::csr_linear`` calls that share their input and have frozen weights (a transformer's
+    Q, K and V projections) into one call on the rows stacked, followed by slices of its output;
+    returns how many groups were fused.  An inductor post-grad pass: see ``sibling_fusion_pass``.
+
+    The kernel transposes each 64-token tile of its input once per call; stacked, Q, K and V share
+    one transpose and one pass over the tiles (measured 1.2-1.5x faster than three calls on MiniLM's
+    3 x 384x384 at 67%, 2048 tokens, 2 threads).  The stacked weight keeps exactly the same non-zeros;
+    its panels are re-sized for the taller matrix, which only reorders each row's sum (fp32
+    rounding).  Weights are ``get_attr`` constants only with inductor's ``freezing``; without it the
+    pass finds nothing to do."""
+    gm = graph.owning_module
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.find_nodes(op="call_function", target=torch.ops.spdy.csr_linear.default):
+        if all(isinstance(arg, torch.fx.Node) and arg.op == "get_attr" for arg in node.args[1:5]):
+            groups.setdefault(node.args[0], []).append(node)
+    fused = 0
+    for x, nodes in groups.items():
+        if len(nodes) > 1 and x.meta.get("val") is not None:
+            _fuse_group(gm, graph, x, nodes, fused)
+            fused += 1
+    if fused:
+        graph.lint()
+        from torch._dynamo.utils import counters
+
+        counters["inductor"]["spdy_stacked_groups"] += fused
+    return fused
+
+
+def _fuse_group(gm: torch.fx.GraphModule, graph: torch.fx.Graph, x: torch.fx.Node, nodes: list, index: int) -> None:
+    import numpy as np
+
+    x_val = x.meta["val"]
+    dense, biases = [], []
+    for node in nodes:
+        indptr, indices, values, bias = (getattr(gm, arg.target) for arg in node.args[1:5])
+        shape = (indptr.shape[1] - 1, x_val.shape[-1])
+        dense.append(CSRWeight(indptr.numpy(), indices.numpy(), values.numpy(), shape, node.args[5]).to_dense())
+        biases.append(bias)
+    stacked = CSRWeight.from_dense(np.concatenate(dense))
+    tensors = {
+        "indptr": torch.from_numpy(stacked.indptr), "indices": torch.from_numpy(stacked.indices),
+        "values": torch.from_numpy(stacked.values), "bias": torch.cat(biases).contiguous(),
+    }
+    fake_mode = getattr(x_val, "fake_mode", None)
+    order = {node: position for position, node in enumerate(graph.nodes)}
+    with graph.inserting_before(min(nodes, key=order.__getitem__)):
+        attrs = []
+        for key, tensor in tensors.items():
+            name = f"_spdy_stacked{index}_{key}"
+            while hasattr(gm, name):
+                name += "_"
+            gm.register_buffer(name, tensor)
+            attr = graph.get_attr(name)
+            if fake_mode is not None:
+                attr.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True)
+            attrs.append(attr)
+        call = graph.call_function(torch.ops.spdy.csr_linear.default, (x, *attrs, int(stacked.panel_width)))
+        call.meta["val"] = x_val.new_empty(*x_val.shape[:-1], stacked.shape[0])
+        start, dim = 0, x_val.dim() - 1
+        for node in nodes:
+            rows = node.meta["val"].shape[-1]
+            piece = graph.call_function(torch.ops.aten.slice.Tensor, (call, dim, start, start + rows))
+            piece.meta["val"] = call.meta["val"][..., start : start + rows]
+            node.replace_all_uses_with(piece)
+            start += rows
+    for node in nodes:
+        graph.erase_node(node)
+
+
+@functools.lru_cache(maxsize=None)
+def _fusion_pass_class() -> type:
+    from torch._inductor.custom_graph_pass import CustomGraphPass  # imports inductor: only when compiling
+
+    class FuseSiblingSparseLinears(CustomGraphPass):
+        """``fuse_sibling_csr_linears`` as an inductor pass with a stable uuid (graphs stay cacheable)."""
+
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            fuse_sibling_csr_linears(graph)
+
+        def uuid(self) -> str:
+            return f"spdy-fuse-sibling-csr-linear-{FUSION_VERSION}"
+
+    return FuseSiblingSparseLinears
+
+
+def sibling_fusion_pass():
+    """A ``CustomGraphPass`` for ``torch._inductor.config.post_grad_custom_post_pass``."""
+    return _fusion_pass_class()()

@@ -1,0 +1,147 @@
+"""engine.deploy: a finished run's model as a drop-in module, on the runtime the run names."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from engine.core.errors import RunError
+from engine.core.grid import geometric_levels
+from engine.deploy import DeployWarning, environment_differences, load, sentence_transformer
+from engine.run.context import RunContext
+from engine.timing.table import LayerTimes, TimingTable, save_table
+
+from .test_pipeline import MAGNITUDE_DATABASE, run_cli, write_profile
+
+NO_VERIFY = "verify = false\ntighten_rounds = 3"
+
+
+def test_eager_load_is_the_pruned_model_on_our_kernels(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out).exit_code == 0
+    ctx = RunContext.from_dir(out)
+    model = load(out)
+    inputs = ctx.timing_inputs()
+    with torch.no_grad():
+        got, expected = model(inputs), ctx.final_model(inputs)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert any(type(module).__name__ == "SparseLinear" for module in model.modules())
+    with pytest.raises(ValueError, match="runtime must be one of eager, compiled"):
+        load(out, runtime="fast")
+
+
+def test_loading_elsewhere_says_what_differs(tmp_path, monkeypatch):
+    recorded = {"cpu": "AMD EPYC", "isa": "avx2", "torch": "2.14.1"}
+    assert environment_differences(recorded, {"cpu": "AMD EPYC", "isa": "avx2", "torch": "2.14.1"}) == []
+    assert environment_differences(recorded, {"cpu": "Intel Xeon", "isa": "avx2", "torch": "2.14.1"}) == [
+        "cpu: measured on 'AMD EPYC', here 'Intel Xeon'"
+    ]
+    out = tmp_path / "run"
+    assert run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out).exit_code == 0
+    monkeypatch.setattr("engine.deploy.environment_differences", lambda recorded: ["cpu: measured on 'x', here 'y'"])
+    with pytest.warns(DeployWarning, match="measured on another machine"):
+        load(out)
+
+
+def test_a_directory_that_is_not_a_finished_run_is_refused(tmp_path):
+    with pytest.raises(RunError, match="not a finished run directory"):
+        load(tmp_path)
+
+
+# ---------------------------------------------------------------------------- a tiny BERT, compiled
+def tiny_bert(folder):
+    from transformers import BertConfig, BertModel
+
+    from engine.model.sources import minilm_path
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{minilm_path()}/{name}", folder / name)
+    return folder
+
+
+def tiny_bert_run(tmp_path):
+    model = tiny_bert(tmp_path / "tiny-bert")
+    names = [f"encoder.layer.{i}.{part}" for i in range(2) for part in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")]
+    levels = geometric_levels(0.4, 0.99, 5)
+    rows = [LayerTimes(name, tuple(levels), tuple(1e-3 * (1 - 0.9 * float(level)) for level in levels)) for name in names]
+    save_table(TimingTable(base=0.02, prunable=len(names) * 1e-3, layers=rows, backend="fixture"), tmp_path / "timings.json")
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(f"""
+[run]
+name = "tiny"
+[model]
+source = "hf"
+path = "{model}"
+exclude = ["pooler.*"]
+[data]
+calibration_samples = 32
+heldout_samples = 16
+batch_size = 16
+seq_len = 32
+[hardware]
+timings = "timings.json"
+runtime = "compiled"
+batch_size = 8
+[grid]
+steps = 5
+[database]
+method = "magnitude"
+[search]
+target = 1.3
+random_inits = 4
+window = 4
+[export]
+verify = false
+""")
+    out = tmp_path / "run"
+    result = run_cli("run", profile, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_compiled_load_is_a_drop_in_encoder_and_a_sentence_transformer(tmp_path):
+    out = tiny_bert_run(tmp_path)
+    ctx = RunContext.from_dir(out)
+    model = load(out)
+    assert model.compile_seconds > 0
+    tokenizer = ctx.loaded.tokenizer
+    sentences = ["Return the sum of two numbers.", "Open a file.", "Raise an error when the key is missing."]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")  # fewer rows and tokens than compiled: padded
+    with torch.no_grad():
+        got = model(**batch)
+        expected = ctx.final_model(**batch)
+    assert got.last_hidden_state.shape == expected.last_hidden_state.shape
+    assert torch.allclose(got.last_hidden_state, expected.last_hidden_state, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder = sentence_transformer(out)
+        dense_with_zeros = sentence_transformer(out, runtime="eager")
+    assert torch.allclose(torch.as_tensor(encoder.encode(sentences)), torch.as_tensor(dense_with_zeros.encode(sentences)),
+                          rtol=1e-4, atol=1e-5)
+
+
+def test_spdy_bench_times_every_runtime_and_writes_its_table(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out).exit_code == 0
+    result = run_cli("bench", out, "--rounds", "2", "--calls", "1", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {row["runtime"]: row for row in report["rows"]}
+    assert list(rows) == ["pruned", "torch", "onednn", "compiled"]  # an eager classifier: no ONNX export
+    assert report["baseline"] in ("torch", "onednn", "compiled")
+    assert rows[report["baseline"]]["speedup"] == 1.0
+    assert all(row["ms"] > 0 and row["iqr_ms"][0] <= row["ms"] <= row["iqr_ms"][1] for row in rows.values())
+    assert rows["torch"]["cosine_mean"] == pytest.approx(1.0) and rows["compiled"]["cosine_mean"] == pytest.approx(1.0, abs=1e-4)
+    for name in ("bench.json", "bench.md", "bench.png"):
+        assert (out / name).is_file()
+    assert "## Runtimes side by side (spdy bench)" in (out / "report.md").read_text()

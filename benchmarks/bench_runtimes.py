@@ -139,7 +139,7 @@ def build(name: str, args) -> tuple:
     info["attention"] = getattr(model.config, "_attn_implementation", "?")
     if pruned:
         from engine.runtime.modules import SparseLinear
-        from engine.runtime.ops import replace_submodule
+        from engine.runtime.modules import replace_submodule
 
         magnitude_prune(model, args.sparsity)
         for layer in encoder_linears(model):

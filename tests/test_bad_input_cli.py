@@ -7,7 +7,6 @@ before any work starts (the slowest load the digits model, a second).
 """
 
 import json
-from pathlib import Path
 
 import pytest
 

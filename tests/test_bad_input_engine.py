@@ -15,7 +15,7 @@ from engine.core.profile import ProfileError, from_dict
 from engine.run.directory import open_run
 from engine.run.runlog import summarise
 from engine.search.budget import costs_from_mapping, make_problem
-from engine.timing.table import NOISE_WARNING, TableError, TimingTable, load_table
+from engine.timing.table import NOISE_WARNING, TableError, load_table
 from spdy_tui.inspect import render_summary, summary_json
 
 from .conftest import TABLES

@@ -66,3 +66,20 @@ def test_a_target_the_table_cannot_reach_stops_the_loop_with_the_reason(finished
     loop = read_result(finished)["closed_loop"]
     assert loop["promise_met"] is False and loop["rounds"] == []
     assert loop["stopped"].startswith("the table cannot meet the tightened target 7.5000x")
+
+
+def test_the_report_lists_the_closed_loops_rounds():
+    from engine.export.files import _closed_loop_lines
+
+    assert _closed_loop_lines({"rounds": [], "stopped": None, "promise_met": True}) == []
+    loop = {"rounds": [{"round": 1, "search_target": 1.875, "predicted": 1.9, "measured": 1.6}], "stopped": None,
+            "promise_met": True}
+    assert _closed_loop_lines(loop) == [
+        "- Closed loop round 1: searched at 1.875x, predicted 1.900x, measured 1.600x",
+        "- Promise met (measured within the tolerance of the target): yes",
+    ]
+    stopped = {"rounds": [], "stopped": "the table cannot meet the tightened target 7.5000x", "promise_met": False}
+    assert _closed_loop_lines(stopped)[-2:] == [
+        "- Closed loop stopped: the table cannot meet the tightened target 7.5000x",
+        "- Promise met (measured within the tolerance of the target): **no**",
+    ]

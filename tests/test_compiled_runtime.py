@@ -12,7 +12,8 @@ from torch import nn
 
 from engine.runtime.compiled import CompiledModel, _pad, _Runner, compile_model
 from engine.runtime.modules import SparseLinear
-from engine.runtime.ops import OpSparseLinear, csr_linear, replace_submodule, use_custom_ops
+from engine.runtime.modules import replace_submodule
+from engine.runtime.ops import OpSparseLinear, csr_linear, use_custom_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -145,3 +145,18 @@ def test_spdy_bench_times_every_runtime_and_writes_its_table(tmp_path):
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (out / name).is_file()
     assert "## Runtimes side by side (spdy bench)" in (out / "report.md").read_text()
+
+
+def test_the_profilers_reference_paths_include_compiled_torch_and_onnx_runtime(tmp_path):
+    from engine.model.sources import load_hf
+    from engine.runtime.paths import reference_paths
+
+    loaded = load_hf(str(tiny_bert(tmp_path / "tiny-bert")))
+    inputs = dict(loaded.tokenizer(["One sentence.", "And another, longer one."], padding="max_length", max_length=16,
+                                   return_tensors="pt"))
+    names = [name for name, module in loaded.model.named_modules() if isinstance(module, torch.nn.Linear)]
+    runners, eager, missing = reference_paths(loaded.model, names, inputs, loaded.run_model, 1)
+    assert set(runners) == {"torch", "onednn", "compiled", "onnxruntime"} and missing == {}
+    expected = loaded.run(inputs)
+    for name, run in runners.items():
+        assert torch.allclose(torch.as_tensor(run()), expected, atol=1e-4), name

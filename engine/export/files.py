@@ -300,6 +300,18 @@ def _baseline_row(name: str, entry: Mapping) -> str:
             f"{_number(loss['heldout'])} |")
 
 
+def _closed_loop_lines(loop: Mapping | None) -> list[str]:
+    """The closed loop's rounds, one line each (none when it was not needed)."""
+    if not loop or (not loop.get("rounds") and not loop.get("stopped")):
+        return []
+    lines = [f"- Closed loop round {entry['round']}: searched at {entry['search_target']:.3f}x, predicted "
+             f"{entry['predicted']:.3f}x, measured {entry['measured']:.3f}x" for entry in loop.get("rounds", [])]
+    if loop.get("stopped"):
+        lines.append(f"- Closed loop stopped: {loop['stopped']}")
+    lines.append(f"- Promise met (measured within the tolerance of the target): {'yes' if loop.get('promise_met') else '**no**'}")
+    return lines
+
+
 def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Sequence[tuple],
                  environment: Mapping) -> Path:
     """``report.md`` plus ``loss_curve.png`` (``evaluations`` as ``(n, loss, best)``) and ``allocation.png``,
@@ -314,9 +326,10 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
         "# SPDY run report", "",
         f"- Target speedup: **{result['target_speedup']:.2f}x**",
         f"- Predicted speedup (timing table): **{result['predicted_speedup']:.2f}x**",
-        f"- Measured speedup (end to end, sparse kernels): **{measured:.2f}x**" if measured is not None
-        else "- Measured speedup: not measured yet (run `spdy verify`)",
-        f"- Dense baseline: `{result['dense_baseline']}` (every speedup is relative to this dense path)",
+        f"- Measured speedup (end to end, the pruned model on its runtime `{result.get('runtime', 'eager')}`): "
+        f"**{measured:.2f}x**" if measured is not None else "- Measured speedup: not measured yet (run `spdy verify`)",
+        *_closed_loop_lines(result.get("closed_loop")),
+        f"- Dense baseline: `{result['dense_baseline']}` (the fastest dense path measured; every speedup is relative to it)",
         f"- Calibration loss {_number(loss['calibration'])}, {heldout} {_number(loss['heldout'])}",
         f"- Seed {result['seed']}, {result['evaluations']} evaluations", "",
         "## Allocation", "", "| # | layer | level | time (ms) | share of budget |", "|---:|---|---:|---:|---:|",

@@ -40,7 +40,7 @@ do not pickle: ``fxgraph_cache_bypass``), so only its C++ kernels come from the 
 ``compile_model`` call of a process the same directory.  ``CompiledModel.compile_seconds`` is the
 time of the first call (tracing + compilation, or the cache loads).
 
-Threads: call ``engine.timing.cpu.set_threads`` before compiling (numba's pool first, then
+Threads: call ``engine.runtime.execution.set_threads`` before compiling (numba's pool first, then
 torch's): inductor's kernels run on torch's OpenMP threads, the sparse layers on numba's.
 """
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.runtime.csr import CSRWeight, spmm
-from engine.runtime.modules import SparseLinear
+from engine.runtime.modules import SparseLinear, replace_submodule
 
 OP_NAME = "spdy::csr_linear"
 
@@ -114,21 +114,10 @@ class OpSparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
 
 
-def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` where the qualified name (e.g. "encoder.layer.0.output.dense") points."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def numba_csr(layer: nn.Module) -> CSRWeight | None:
-    """The ``CSRWeight`` a ``SparseLinear`` runs on, or None if it runs on another kernel.  (Its
-    attribute has been ``csr`` and ``packed`` in turn; both are accepted.)"""
-    for attribute in ("packed", "csr"):
-        value = getattr(layer, attribute, None)
-        if isinstance(value, CSRWeight):
-            return value
-    return None
+    """The ``CSRWeight`` a ``SparseLinear`` runs on, or None if it runs on another kernel."""
+    value = getattr(layer, "packed", None)
+    return value if isinstance(value, CSRWeight) else None
 
 
 def use_custom_ops(model: nn.Module) -> nn.Module:

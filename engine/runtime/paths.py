@@ -91,7 +91,8 @@ def reference_paths(
         reason = onnx_exportable(model, example_inputs)
         if reason is None:
             try:
-                runners["onnxruntime"] = onnx_path(model, example_inputs, threads, workdir)
+                run_onnx = onnx_path(model, example_inputs, threads, workdir)
+                runners["onnxruntime"] = lambda: run_onnx(example_inputs)
             except Exception as exc:  # noqa: BLE001 - an exporter failure leaves ONNX Runtime out, with the reason
                 missing["onnxruntime"] = f"export failed: {type(exc).__name__}: {exc}"
         else:

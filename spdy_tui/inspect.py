@@ -32,6 +32,7 @@ def summary_json(path: Path) -> dict:
         ],
         "baselines": state.baselines,
         "verify": state.verify,
+        "tighten": state.tighten,
         "errors": state.errors,
         "finished": state.finished,
         "unreadable_lines": state.unreadable_lines,
@@ -77,6 +78,9 @@ def render_summary(path: Path, console: Console) -> None:
     if state.verify:
         verify = state.verify
         console.print(f"verify: predicted {verify['predicted']:.3f}x, measured {verify['measured']:.3f}x")
+    for event in state.tighten:
+        console.print(f"closed loop round {event['round']}: measured {event['measured']:.3f}x < target {event['target']:g}x, "
+                      f"searched on at {event['search_target']:.3f}x")
     for message in state.errors:
         console.print(f"[red]error:[/] {escape(str(message))}")
     if state.finished:

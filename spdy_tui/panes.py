@@ -161,7 +161,13 @@ class OutcomePane(StatePane):
             f"  (dense {number(_ms(verify.get('dense_seconds')), '.2f', ' ms')},"
             f" sparse {number(_ms(verify.get('sparse_seconds')), '.2f', ' ms')})",
         )
-        return Group(table, summary)
+        rounds = [
+            Text(f"closed loop round {event['round']}: measured {number(event.get('measured'), '.3f', 'x')} "
+                 f"< target {number(event.get('target'), '.3f', 'x')}, searching on at {number(event.get('search_target'), '.3f', 'x')}",
+                 style="yellow")
+            for event in state.tighten
+        ]
+        return Group(table, summary, *rounds)
 
 
 class AlertPane(StatePane):

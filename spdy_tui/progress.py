@@ -112,6 +112,9 @@ class StderrProgress:
             self._line(f"baseline {event['name']}: loss {event['loss']:.5g}, predicted {event['predicted_speedup']:.3f}x")
         elif kind == "verify":
             self._line(f"verify: predicted {event['predicted']:.3f}x, measured {event['measured']:.3f}x")
+        elif kind == "tighten":
+            self._line(f"closed loop round {event['round']}: measured {event['measured']:.3f}x < target {event['target']:g}x; "
+                       f"searching on at {event['search_target']:.3f}x")
         elif kind == "finetune":
             self._finetune(event)
         elif kind == "error":

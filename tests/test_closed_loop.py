@@ -47,6 +47,9 @@ def test_a_short_measurement_tightens_the_target_by_the_shortfall_and_searches_o
     ns = [e["n"] for e in events if e["type"] == "eval"]
     assert ns == sorted(set(ns)) and ns[-1] > before["evaluations"]  # the continuation numbers on
     assert json.loads((finished / "search.json").read_text())["levels"] == [row["level"] for row in after["layers"]]
+    shown = run_cli("inspect", finished)  # and the run log's readers show the round
+    assert shown.exit_code == 0 and "closed loop round 1: measured 1.200x < target 1.5x, searched on at 1.875x" in shown.stdout
+    assert json.loads(run_cli("inspect", finished, "--json").stdout)["tighten"][0]["search_target"] == tightened
 
 
 def test_a_measurement_within_the_tolerance_changes_nothing(finished, monkeypatch):

@@ -327,19 +327,25 @@ def _check_consistency(profile: Profile) -> None:
         raise ProfileError(f"{src}: key 'search.baselines' has unknown names {sorted(unknown)}")
 
 
-def load_profile(path: str | Path) -> Profile:
-    """Read and validate a TOML profile; relative paths in it are resolved against its folder."""
+def read_toml(path: str | Path) -> dict:
+    """The parsed TOML of a profile file; a ProfileError naming the file if it cannot be read."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile file") from None
+    except IsADirectoryError:
+        raise ProfileError(f"{path}: is a directory, not a profile file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc}") from None
-    profile = from_dict(data, str(path))
-    return _resolve_paths(profile, path.parent)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a TOML profile; relative paths in it are resolved against its folder."""
+    path = Path(path)
+    return _resolve_paths(from_dict(read_toml(path), str(path)), path.parent)
 
 
 def _resolve_paths(profile: Profile, base: Path) -> Profile:

@@ -107,6 +107,7 @@ class RunState:
     best_history: list[dict] = field(default_factory=list)
     baselines: dict[str, dict] = field(default_factory=dict)
     verify: dict | None = None
+    tighten: list[dict] = field(default_factory=list)  # the closed loop's rounds (target tightened, search continued)
     errors: list[str] = field(default_factory=list)
     finished: dict | None = None
     first_t: float | None = None
@@ -150,6 +151,8 @@ class RunState:
             self.baselines[str(event.get("name"))] = event
         elif kind == "verify":
             self.verify = event
+        elif kind == "tighten":
+            self.tighten.append(event)
         elif kind == "error":
             self.errors.append(str(event.get("message")))
         elif kind == "run_finished":

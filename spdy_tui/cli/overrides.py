@@ -55,33 +55,14 @@ def parse_override(spec: str) -> tuple[str, str, object]:
     return section, name, parse_value(raw)
 
 
-def _read_toml(path: Path) -> dict:
-    from engine.core.profile import ProfileError
-
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: no such profile file") from None
-    except IsADirectoryError:
-        raise ProfileError(f"{path}: is a directory, not a profile file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc}") from None
-
-
 def load(path: Path, overrides: list[str] | tuple[str, ...] = ()):
     """The profile at ``path`` with ``overrides`` applied, checked like the file itself."""
-    from engine.core.profile import RENAMED_KEYS, from_dict, load_profile
+    from engine.core.profile import RENAMED_KEYS, from_dict, load_profile, read_toml
 
     if not overrides:
-        if path.is_dir():
-            from engine.core.profile import ProfileError
-
-            raise ProfileError(f"{path}: is a directory, not a profile file")
         return load_profile(path)
     parsed = [parse_override(spec) for spec in overrides]
-    data = _read_toml(path)
+    data = read_toml(path)
     given: set[str] = set()
     for section, name, value in parsed:
         body = data.setdefault(section, {})

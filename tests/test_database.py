@@ -351,3 +351,27 @@ def test_the_engine_never_unpickles():
     assert len(files) > 10
     problems = [problem for path in files for problem in unsafe_loads(path.read_text(), str(path.relative_to(ROOT)))]
     assert problems == []
+
+
+@pytest.mark.parametrize("level", ["0.0000", "0.4000", "0.9900", "2:4"])
+def test_compact_levels_decode_bit_identical(tmp_path, level):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from engine.database import compact
+
+    torch.manual_seed(0)
+    weight = torch.randn(48, 16, 3, 3)
+    weight[torch.rand_like(weight) < 0.7] = 0.0
+    weight[0, 0, 0, 0] = -0.0  # a masked negative weight
+    tensors = compact.encode(level, weight)
+    save_file(tensors, str(tmp_path / "layer.safetensors"))
+    with safe_open(str(tmp_path / "layer.safetensors"), framework="pt") as handle:
+        decoded = compact.decode(handle, level)
+    expected = compact.canonical(weight)
+    assert decoded.shape == weight.shape and decoded.dtype == weight.dtype
+    assert torch.equal(decoded.view(torch.int32), expected.view(torch.int32))  # bit for bit
+    assert torch.equal(decoded, weight)
+    if level != "0.0000":
+        assert set(tensors) == {f"{level}/values", f"{level}/mask", f"{level}/shape"}
+        assert tensors[f"{level}/values"].numel() == int((weight != 0).sum())

@@ -13,8 +13,8 @@ H = 2 X X^T, accumulated for all layers in one pass; adaprune keeps the inputs o
 on the calibration inputs, through ``on_progress(layer, level, error, done, total)`` (the run
 log's ``db`` event) and in ``index.json``.
 
-Storage (``<run>/db/``): one safetensors file per layer holding all its levels (tensor key = level
-label), written atomically, plus ``index.json`` with, per layer, the file, the levels, the sha256
+Storage (``<run>/db/``): one safetensors file per layer holding all its levels (the dense level as
+it is, pruned ones as non-zeros and a bitmask: ``engine.database.compact``), written atomically, plus ``index.json`` with, per layer, the file, the levels, the sha256
 of the file, the settings and a fingerprint of (settings, levels, dense weight, calibration
 inputs).  A build resumes after any interruption: it rebuilds exactly the layers whose file is
 missing, whose hash differs (a corrupt file) or whose fingerprint differs.  Nothing is pickled.
@@ -42,12 +42,13 @@ from engine.core import atomic
 from engine.core.profile import DatabaseConfig
 from engine.core.grid import DENSE, level_sparsity, parse_nm, sort_levels
 from engine.core.masks import nm_ineligibility
+from engine.database import compact
 from engine.database.reconstruct import REFIT_MAX_STEPS, REFIT_TOLERANCE, OutputError, layer_pruners, pruned_levels
 
 if TYPE_CHECKING:
     from engine.model.sources import Layer, LoadedModel
 
-FORMAT = 1
+FORMAT = 2  # 2: pruned levels as non-zeros and a bitmask (engine.database.compact)
 INDEX = "index.json"
 ENTRY_KEYS = ("file", "levels", "skipped", "sha256", "fingerprint", "settings", "errors")
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -207,7 +208,7 @@ def build_layers(
         output_error = OutputError(dense, hessian)
         weights, errors = {}, {}
         for level, weight in pruned_levels(pruner, dense, stored):
-            weights[level] = weight.to(dense.dtype).cpu().contiguous()
+            weights.update(compact.encode(level, weight.to(dense.dtype)))
             errors[level] = output_error(weight)
             if on_cell is not None:
                 on_cell(name, level, errors[level])
@@ -333,7 +334,7 @@ class Database:
             reason = entry["skipped"].get(level, "not built")
             raise KeyError(f"level {level!r} of layer {layer!r} is not in the database: {reason}")
         with safe_open(str(self.directory / entry["file"]), framework="pt") as handle:
-            tensor = handle.get_tensor(level)
+            tensor = compact.decode(handle, level)
         size = tensor.numel() * tensor.element_size()
         if size <= self.cache_bytes:
             self._cache[key] = tensor

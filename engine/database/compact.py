@@ -1,0 +1,59 @@
+"""How a database layer file holds its levels: dense levels as they are, pruned ones as their
+non-zeros and a bitmask (the one owner of this encoding).
+
+For a pruned weight W (any shape, float32) the file holds, under the level's label L,
+
+    L/values   the non-zeros of W in row-major order                     float32 [nnz]
+    L/mask     W != 0 over the flattened weight, 8 entries a byte (MSB first, numpy.packbits)   uint8
+    L/shape    W's shape                                                  int64 [ndim]
+
+and ``decode`` rebuilds W exactly: zeros where the mask is 0, the values in order elsewhere.  A
+zero is stored as +0.0 (``canonical`` turns -0.0, which masking a negative weight produces, into
++0.0 before encoding), so the rebuilt tensor is bit-identical to the canonical one.  At the
+default grid (dense + 41 levels from 60% to 1% density) a layer takes about 5x less disk than 42
+dense float32 copies (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.core.grid import level_sparsity, parse_nm
+
+
+def is_compact(level: str) -> bool:
+    """Pruned levels are stored compactly; the dense level as it is."""
+    return parse_nm(level) is not None or level_sparsity(level) > 0.0
+
+
+def canonical(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with every zero +0.0 (a masked negative weight is -0.0)."""
+    return torch.where(weight == 0, torch.zeros((), dtype=weight.dtype), weight)
+
+
+def encode(level: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors that hold ``weight`` at ``level`` in a layer file."""
+    weight = canonical(weight.detach().cpu().contiguous())
+    if not is_compact(level):
+        return {level: weight}
+    flat = weight.reshape(-1)
+    nonzero = (flat != 0).numpy()
+    return {
+        f"{level}/values": flat[torch.from_numpy(nonzero)].contiguous(),
+        f"{level}/mask": torch.from_numpy(np.packbits(nonzero)),
+        f"{level}/shape": torch.tensor(list(weight.shape), dtype=torch.int64),
+    }
+
+
+def decode(handle, level: str) -> torch.Tensor:
+    """The weight at ``level`` from an open safetensors ``handle`` of a layer file."""
+    if not is_compact(level):
+        return handle.get_tensor(level)
+    values = handle.get_tensor(f"{level}/values")
+    shape = [int(size) for size in handle.get_tensor(f"{level}/shape")]
+    count = int(np.prod(shape)) if shape else 1
+    mask = np.unpackbits(handle.get_tensor(f"{level}/mask").numpy(), count=count).astype(bool)
+    flat = torch.zeros(count, dtype=values.dtype)
+    flat[torch.from_numpy(mask)] = values
+    return flat.reshape(shape)

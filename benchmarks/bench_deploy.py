@@ -22,11 +22,11 @@ from pathlib import Path
 RUNTIMES = ("deployed", "onednn", "compiled", "onnxruntime")
 
 CHILD = r"""
-import json, sys, time, copy
+import json, sys, time
 from pathlib import Path
 run_dir, name, calls = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 from engine.run.context import RunContext
-from engine.runtime.execution import set_threads, forward, dense_paths
+from engine.runtime.execution import set_threads, forward
 ctx = RunContext.from_dir(run_dir)
 set_threads(ctx.profile.hardware.threads)
 inputs = ctx.timing_inputs()
@@ -34,18 +34,11 @@ if name == "deployed":
     from engine.deploy import load
     model = load(run_dir)
     run = lambda: forward(ctx.loaded, model, inputs)
-elif name == "onednn":
-    model = dense_paths(copy.deepcopy(ctx.loaded.model), ctx.loaded.layer_names, only="onednn")["onednn"]
-    run = lambda: forward(ctx.loaded, model, inputs)
-elif name == "compiled":
-    from engine.runtime.paths import compiled_path
-    compiled = compiled_path(copy.deepcopy(ctx.loaded.model), inputs, ctx.loaded.run_model, cache_dir=run_dir / "bench" / "inductor")
-    run = lambda: compiled(inputs)
 else:
-    from engine.runtime.paths import onnx_path
-    folder = run_dir / "bench"; folder.mkdir(exist_ok=True)
-    onnx = onnx_path(ctx.loaded.model, inputs, ctx.profile.hardware.threads, folder)
-    run = lambda: onnx(inputs)
+    from engine.runtime.paths import dense_path
+    path = dense_path(name, ctx.loaded.model, ctx.loaded.layer_names, inputs, ctx.loaded.run_model,
+                      ctx.profile.hardware.threads, run_dir / "bench")
+    run = lambda: path(inputs)
 import torch
 with torch.no_grad():
     run()

@@ -28,7 +28,7 @@ from engine.core.measure import time_interleaved
 from engine.runtime.csr import KERNEL_VERSION
 from engine.runtime.execution import dense_paths, forward, set_threads
 from engine.runtime.modules import replace_submodule, sparse_module
-from engine.runtime.paths import EAGER_PATHS, REFERENCE_PATHS, compiled_path, onnx_path
+from engine.runtime.paths import EAGER_PATHS, REFERENCE_PATHS, dense_path
 from engine.timing.cpu import profile_cpu
 from engine.timing.table import TimingTable
 
@@ -74,7 +74,8 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
     to end, interleaved; returns the ``verify`` event fields."""
     set_threads(hardware.threads)
     reference = table.dense_baseline if table.dense_baseline in REFERENCE_PATHS else layer_path(table)
-    dense = _reference_runner(loaded, reference, example_inputs, hardware)
+    reference_path = dense_path(reference, loaded.model, loaded.layer_names, example_inputs,
+                                loaded.run_model, hardware.threads)
     sparse, _ = build_runtime(loaded, final, levels, table, hardware, example_inputs)
     expected = forward(loaded, final, example_inputs)
     got = sparse(example_inputs)
@@ -83,7 +84,7 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
     if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * scale):
         raise VerifyError(f"sparse kernels disagree with the pruned model: max abs difference {error:.3g}")
     stats = time_interleaved(
-        {"dense": dense, "sparse": lambda: sparse(example_inputs)},
+        {"dense": lambda: reference_path(example_inputs), "sparse": lambda: sparse(example_inputs)},
         warmup=max(1, hardware.warmup),
         repeats=hardware.repeats,
         max_spread=hardware.max_spread,
@@ -91,19 +92,6 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
     fields = outcome(predicted, stats["dense"], stats["sparse"], reference, error)
     fields["runtime"] = getattr(hardware, "runtime", "eager")
     return fields
-
-
-def _reference_runner(loaded, name: str, example_inputs: Any, hardware):
-    """The dense model on the reference path ``name``, as a callable of no arguments."""
-    names = [layer.name for layer in loaded.layers]
-    if name in EAGER_PATHS:
-        model = dense_paths(copy.deepcopy(loaded.model), names, only=name)[name].eval()
-        return lambda: forward(loaded, model, example_inputs)
-    if name == "compiled":
-        compiled = compiled_path(copy.deepcopy(loaded.model), example_inputs, loaded.run_model)
-        return lambda: compiled(example_inputs)
-    run = onnx_path(loaded.model, example_inputs, hardware.threads)
-    return lambda: run(example_inputs)
 
 
 class CpuBackend:

@@ -59,8 +59,8 @@ def _context(run_dir: str | Path) -> RunContext:
 
 
 def runtime_of(ctx: RunContext, result: dict) -> str:
-    """The runtime the run verified (result.json), else the profile's."""
-    runtime = (result.get("verify") or {}).get("runtime") or getattr(ctx.profile.hardware, "runtime", "eager")
+    """The runtime the run's final model was made for (result.json), else the profile's."""
+    runtime = result.get("runtime") or ctx.profile.hardware.runtime
     if runtime not in RUNTIMES:
         raise RunError(f"{ctx.run_dir / 'result.json'}: unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
     return runtime
@@ -68,7 +68,10 @@ def runtime_of(ctx: RunContext, result: dict) -> str:
 
 def load(run_dir: str | Path, runtime: str | None = None) -> nn.Module:
     """The run's pruned model on its runtime (or ``runtime``: "eager" or "compiled"), in eval mode."""
-    ctx = _context(run_dir)
+    return _load(_context(run_dir), runtime)
+
+
+def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
     result = read_result(ctx.run_dir)
     runtime = runtime or runtime_of(ctx, result)
     if runtime not in RUNTIMES:
@@ -77,7 +80,7 @@ def load(run_dir: str | Path, runtime: str | None = None) -> nn.Module:
     if differences:
         warnings.warn(
             f"{ctx.run_dir}: its speedup was measured on another machine or software ({'; '.join(differences)}); "
-            "re-measure here with `spdy verify` or `spdy bench`", DeployWarning, stacklevel=2,
+            "re-measure here with `spdy verify` or `spdy bench`", DeployWarning, stacklevel=3,
         )
     executable = ctx.backend.build(ctx.loaded, ctx.final_model, allocation(result), ctx.table, ctx.profile.hardware)
     if runtime == "eager":
@@ -155,7 +158,7 @@ def sentence_transformer(run_dir: str | Path, runtime: str | None = None):
                        f"not {ctx.profile.model.source!r}")
     path = ctx.profile.model.path if ctx.profile.model.source == "hf" else _minilm_path()
     encoder = SentenceTransformer(path, device="cpu")
-    encoder[0].auto_model = load(run_dir, runtime)
+    encoder[0].auto_model = _load(ctx, runtime)
     return encoder
 
 

@@ -17,7 +17,6 @@ held-out quality (cosine of the outputs to the dense model's: the mean, the 10th
 
 from __future__ import annotations
 
-import copy
 import multiprocessing as mp
 import statistics
 import time
@@ -33,7 +32,7 @@ REFERENCE_POINTS = ("onnxruntime-int8",)
 
 def runtimes_for(ctx, result: dict) -> list[str]:
     """The runtimes ``spdy bench`` compares for a run."""
-    names = ["pruned"] + (["pruned-eager"] if (result.get("verify") or {}).get("runtime", result.get("runtime")) == "compiled" else [])
+    names = ["pruned"] + (["pruned-eager"] if result.get("runtime") == "compiled" else [])
     names += ["torch", "onednn", "compiled"]
     from engine.runtime.paths import onnx_exportable
 
@@ -45,32 +44,15 @@ def runtimes_for(ctx, result: dict) -> list[str]:
 def _build(ctx, name: str, workdir: Path):
     """(a callable running the timing batch, a callable computing outputs for any inputs)."""
     from engine.deploy import load
-    from engine.runtime.execution import dense_paths, forward
+    from engine.runtime.execution import forward
+    from engine.runtime.paths import dense_path
 
     loaded, inputs = ctx.loaded, ctx.timing_inputs()
     if name in ("pruned", "pruned-eager"):
         model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None)
         return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
-    if name in ("torch", "onednn"):
-        model = dense_paths(copy.deepcopy(loaded.model), loaded.layer_names, only=name)[name].eval()
-        return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
-    if name == "compiled":
-        from engine.runtime.paths import compiled_path
-
-        compiled = compiled_path(copy.deepcopy(loaded.model), inputs, loaded.run_model, cache_dir=workdir / "inductor")
-        return (lambda: compiled(inputs)), (lambda x: compiled(x))
-    from engine.runtime.onnx_runtime import OrtEncoder, export_onnx, quantize_int8
-
-    model = copy.deepcopy(loaded.model).eval()
-    model.set_attn_implementation("eager")
-    path = workdir / "dense.onnx"
-    if not path.exists():
-        export_onnx(model, inputs, path)
-    if name == "onnxruntime-int8":
-        path = quantize_int8(path, workdir / "dense-int8.onnx")
-    encoder = OrtEncoder(path, ctx.profile.hardware.threads)
-    feeds = encoder.feeds(inputs)
-    return (lambda: encoder.run_feeds(feeds)), (lambda x: encoder(x))
+    path = dense_path(name, loaded.model, loaded.layer_names, inputs, loaded.run_model, ctx.profile.hardware.threads, workdir)
+    return (lambda: path(inputs)), path
 
 
 def _worker(connection, run_dir: str, name: str, workdir: str) -> None:  # pragma: no cover - child process

@@ -30,7 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from engine.core.atomic import write_bytes, write_text
 from engine.core.grid import level_sparsity, parse_nm
-from engine.export.result import plain_json
+from engine.export.result import plain_json, write_json
 from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
 from engine.export.schedule import GMPSchedule
 
@@ -348,3 +348,19 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
         "```", "",
     ]
     return _write(run_dir, "report.md", "\n".join(lines))
+
+
+BENCH_SECTION = "## Runtimes side by side (spdy bench)"
+
+
+def write_bench(run_dir: str | os.PathLike, report: Mapping, table: str, png: bytes) -> None:
+    """``spdy bench``'s products: bench.json, bench.md, bench.png, and its section of report.md
+    (replacing an earlier one)."""
+    write_json(Path(run_dir) / "bench.json", report)
+    _write(run_dir, "bench.md", table)
+    _write(run_dir, "bench.png", png)
+    report_md = Path(run_dir) / "report.md"
+    if report_md.is_file():
+        text = report_md.read_text().split(f"\n{BENCH_SECTION}")[0].rstrip("\n")
+        _write(run_dir, "report.md", f"{text}\n\n{BENCH_SECTION}\n\n{table}\n![runtimes](bench.png)\n")
+

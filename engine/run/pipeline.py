@@ -19,6 +19,7 @@ from typing import Callable
 from engine.export.result import has_result, read_result
 from engine.run.context import RunContext
 from engine.run.directory import open_run
+from engine.run import stages
 from engine.run.stages import baselines, database, export, final, search, timings, verify
 
 
@@ -44,6 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", export.is_done, export.make),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+assert STAGE_NAMES == stages.ORDER, "engine.run.stages.ORDER names the stages of this table, in order"
 
 __all__ = ["STAGES", "STAGE_NAMES", "Stage", "execute", "open_run"]
 

@@ -39,11 +39,11 @@ from engine.core.profile import Profile, ProfileError
 from engine.database.store import layer_plan
 from engine.model.data import DIGITS_CALIBRATION, DIGITS_HELDOUT, DataError, read_tensor_file, split_indices, text_lines
 from engine.model.sources import Layer, LoadedModel, ModelError, load_model, load_python, trace_layers
+from engine.run.stages import ORDER
 from engine.search.budget import make_problem
 from engine.search.dp import InfeasibleTarget
 from engine.timing.table import TableError, TimingTable, load_table
 
-STAGES = ("timings", "database", "search", "baselines", "final", "verify", "export")  # engine.run.pipeline.STAGE_NAMES
 TEXT_DATA = ("stdlib-docstrings", "text")
 IMAGE_DATA = ("digits", "imagefolder")
 TEXT_MODELS = ("minilm", "hf")
@@ -295,4 +295,4 @@ def estimate_seconds(
     verify = rounds * 2 * model_pass(hardware.batch_size) if profile.export.verify else 0.0
     export = 2.0 + (4 * sum(layer.numel for layer in layers) / 200e6 if profile.export.weights else 0.0)
     values = (timings, database_seconds, search_seconds, baselines, final, verify, export)
-    return {stage: round(float(value), 1) for stage, value in zip(STAGES, values)}
+    return {stage: round(float(value), 1) for stage, value in zip(ORDER, values)}

@@ -14,15 +14,20 @@ from typing import Iterator
 from engine.run.context import RunContext
 
 _CONTEXTS: dict[str, RunContext] = {}
+_PLANS: dict[str, object] = {}  # run directory -> its database build plan, made once per process
 
 
 def adopt(ctx: RunContext) -> None:
     """Let work items of ``ctx.run_dir`` run on this (already loaded) context in this process."""
-    _CONTEXTS[str(Path(ctx.run_dir).resolve())] = ctx
+    _CONTEXTS[_key(ctx.run_dir)] = ctx
+
+
+def _key(run_dir) -> str:
+    return str(Path(run_dir).resolve())
 
 
 def context(run_dir: str) -> RunContext:
-    key = str(Path(run_dir).resolve())
+    key = _key(run_dir)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = RunContext.from_dir(run_dir)
     return _CONTEXTS[key]
@@ -38,7 +43,7 @@ def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str,
     from engine.database.store import build_layers
 
     ctx = context(run_dir)
-    plan = database_plan(ctx)
+    plan = _PLANS.get(_key(run_dir)) or database_plan(ctx)
     calibration = [batch.inputs for batch in ctx.data.calibration]
     yield from build_layers(ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed)
 
@@ -49,10 +54,14 @@ def built_database_layers(run_dir: str, names: list[str]) -> list[tuple[str, dic
 
 
 def database_plan(ctx: RunContext):
+    """The run's database build plan (digests of every weight and of the calibration inputs), made
+    here and kept for this process's later work items."""
     from engine.database.store import plan_database
 
     calibration = [batch.inputs for batch in ctx.data.calibration]
-    return plan_database(
+    plan = plan_database(
         ctx.loaded, calibration, ctx.loaded.layers, ctx.profile.levels(), ctx.profile.database, ctx.run_dir / "db",
         ctx.profile.run.seed,
     )
+    _PLANS[_key(ctx.run_dir)] = plan
+    return plan

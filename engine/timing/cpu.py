@@ -64,9 +64,10 @@ def measure_dense_paths(loaded, example_inputs, names: list[str], hardware, work
     """Time the whole dense model on every available dense path, interleaved (``engine.runtime.paths``)."""
     runtime = getattr(hardware, "runtime", "eager")
     wanted = list(getattr(hardware, "reference_paths", ["torch", "onednn"]))
+    if runtime == "compiled" and "compiled" not in wanted:
+        wanted.append("compiled")  # our runtime's dense model: the base
     runners, eager, missing = reference_paths(
-        loaded.model, names, example_inputs, loaded.run_model, hardware.threads,
-        compiled=runtime == "compiled" or "compiled" in wanted, onnx="onnxruntime" in wanted, workdir=workdir,
+        loaded.model, names, example_inputs, loaded.run_model, hardware.threads, wanted, workdir=workdir,
     )
     stats = time_interleaved(
         runners, warmup=max(1, hardware.warmup), repeats=max(5, hardware.repeats // 2), max_spread=hardware.max_spread,

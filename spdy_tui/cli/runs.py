@@ -155,22 +155,16 @@ def bench(
     existing_dir(run_dir, "run directory")
     if not (run_dir / "final.safetensors").is_file():
         raise fail(f"{run_dir}: no final.safetensors (run `spdy run` first)")
-    from engine.core.atomic import write_bytes, write_text
     from engine.core.environment import describe_environment
     from engine.deploy import bench as benchmark
-    from engine.export.result import read_result, write_json
+    from engine.export.files import write_bench
+    from engine.export.result import read_result
     from engine.run.context import RunContext
 
     ctx = RunContext.from_dir(run_dir)
     report = benchmark.bench(ctx, read_result(run_dir), rounds=rounds, calls=calls, on_progress=lambda line: err.print(line))
     table = benchmark.markdown(report, describe_environment())
-    write_json(run_dir / "bench.json", report)
-    write_text(run_dir / "bench.md", table)
-    write_bytes(run_dir / "bench.png", benchmark.png(report))
-    report_md = run_dir / "report.md"
-    if report_md.is_file():
-        text = report_md.read_text().split("\n## Runtimes side by side (spdy bench)")[0].rstrip("\n")
-        write_text(report_md, text + "\n\n## Runtimes side by side (spdy bench)\n\n" + table + "\n![runtimes](bench.png)\n")
+    write_bench(run_dir, report, table, benchmark.png(report))
     if as_json:
         print_json(report)
     else:

@@ -4,3 +4,5 @@ Each stage module has ``is_done(ctx)`` (its product in the run directory is vali
 (produce it) and may have ``after_skip(ctx)`` (what to check when the product was already there).
 ``engine.run.pipeline.STAGES`` lists them; nothing else calls them.
 """
+
+ORDER = ("timings", "database", "search", "baselines", "final", "verify", "export")  # the names, in run order

@@ -58,6 +58,6 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "base_time": table.base,
         "predicted_time": allocation.predicted_time,
         "reference_time": table.reference_seconds,
-        "runtime": getattr(ctx.profile.hardware, "runtime", "eager"),
+        "runtime": ctx.profile.hardware.runtime,
         **(extra or {}),
     })

@@ -375,3 +375,15 @@ def test_compact_levels_decode_bit_identical(tmp_path, level):
     if level != "0.0000":
         assert set(tensors) == {f"{level}/values", f"{level}/mask", f"{level}/shape"}
         assert tensors[f"{level}/values"].numel() == int((weight != 0).sum())
+
+
+def test_the_plans_size_estimate_is_what_the_store_writes(built):
+    from engine.database import compact
+
+    for entry in built.values():
+        db = entry.db
+        for name in db.layers():
+            shape = tuple(db.get(name, db.levels(name)[0]).shape)
+            estimate = sum(compact.stored_bytes(shape, level) for level in db.levels(name))
+            on_disk = (db.directory / db.entries[name]["file"]).stat().st_size
+            assert estimate <= on_disk <= estimate + 4096  # the safetensors header: names, dtypes, offsets

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.core.grid import level_sparsity, parse_nm
+from engine.core.masks import pruned_count
 
 
 def is_compact(level: str) -> bool:
@@ -57,3 +58,16 @@ def decode(handle, level: str) -> torch.Tensor:
     flat = torch.zeros(count, dtype=values.dtype)
     flat[torch.from_numpy(mask)] = values
     return flat.reshape(shape)
+
+
+def stored_bytes(shape: tuple[int, ...], level: str) -> int:
+    """Bytes of the tensors that hold a weight of ``shape`` at ``level`` (file headers aside):
+    4 per weight dense; pruned, 4 per non-zero (exact counts: ``engine.core.masks``), the bitmask
+    and the shape."""
+    count = int(np.prod(shape)) if shape else 1
+    if not is_compact(level):
+        return 4 * count
+    nm = parse_nm(level)
+    nonzeros = count * nm.n // nm.m if nm is not None else count - pruned_count(count, level_sparsity(level))
+    return 4 * nonzeros + (count + 7) // 8 + 8 * len(shape)
+

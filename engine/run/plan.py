@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.core.profile import Profile, ProfileError
+from engine.database.compact import stored_bytes
 from engine.database.store import layer_plan
 from engine.model.data import DIGITS_CALIBRATION, DIGITS_HELDOUT, DataError, read_tensor_file, split_indices, text_lines
 from engine.model.sources import Layer, LoadedModel, ModelError, load_model, load_python, trace_layers
@@ -65,7 +66,7 @@ class RunPlan:
     levels: list[str]  # the grid's level labels (profile.levels())
     skipped: list[str]  # layers matched by search.skip
     cells: int  # (layer, level) cells the database stores
-    database_bytes: int  # db/ payload: each stored level as a dense fp32 weight (headers and index.json add <1%)
+    database_bytes: int  # db/ payload as engine.database.compact stores it (headers and index.json add <1%)
     estimated_seconds: dict[str, float]  # stage -> a rough estimate (module docstring)
     notes: list[str] = field(default_factory=list)
 
@@ -86,7 +87,7 @@ def plan_run(profile: Profile) -> RunPlan:
     for layer in layers:
         stored, dropped = layer_plan(layer.weight_shape, levels)
         cells += len(stored)
-        data_bytes += 4 * layer.numel * len(stored)
+        data_bytes += sum(stored_bytes(layer.weight_shape, level) for level in stored)
         for level, reason in dropped.items():
             notes.append(f"layer {layer.name}: level {level} is not stored ({reason})")
     if skipped:

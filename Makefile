@@ -9,7 +9,7 @@ PROFILE ?= profiles/minilm-cpu.toml
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet -e ".[test,ray]"   # Ray: the ray executor is tested on a local Ray
 	touch $@
 
 .PHONY: setup run demo test test-all bench

@@ -387,3 +387,40 @@ def test_the_plans_size_estimate_is_what_the_store_writes(built):
             estimate = sum(compact.stored_bytes(shape, level) for level in db.levels(name))
             on_disk = (db.directory / db.entries[name]["file"]).stat().st_size
             assert estimate <= on_disk <= estimate + 4096  # the safetensors header: names, dtypes, offsets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("zero_share", [0.7, 1.0])
+def test_compact_decode_is_the_masked_scatter_bit_for_bit(tmp_path, dtype, zero_share):
+    """The numpy decode against the plain definition: zeros, and the values in row-major order where the mask is set."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from engine.database import compact
+
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(37, 29, generator=generator).to(dtype)  # 1073 weights: the mask's last byte is partial
+    weight[torch.rand(37, 29, generator=generator) < zero_share] = 0.0
+    weight[weight < -1.5] = -0.0
+    save_file(compact.encode("0.9000", weight), str(tmp_path / "layer.safetensors"))
+    with safe_open(str(tmp_path / "layer.safetensors"), framework="pt") as handle:
+        decoded = compact.decode(handle, "0.9000")
+    expected = torch.zeros(weight.numel(), dtype=dtype)
+    expected[weight.reshape(-1) != 0] = weight.reshape(-1)[weight.reshape(-1) != 0]
+    assert decoded.dtype == dtype and decoded.shape == weight.shape
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    assert torch.equal(decoded.reshape(-1).view(bits), expected.view(bits))
+
+
+def test_a_layer_file_is_the_same_bytes_on_every_build(minilm, tmp_path):
+    """Its sha256 is in the index: it must not depend on the process that wrote it (metadata order)."""
+    from safetensors import safe_open
+
+    loaded, inputs = minilm
+    digests = []
+    for attempt in range(2):
+        db = build_database(loaded, inputs[:1], LAYERS[:2], ["0.0000", "0.5000"], CONFIGS["magnitude"], tmp_path / str(attempt))
+        digests.append([entry["sha256"] for entry in db.entries.values()])
+    with safe_open(str(db.directory / db.entries[LAYERS[0]]["file"]), framework="pt") as handle:
+        assert list(handle.metadata()) == ["spdy"]  # one key: several are written in a random order
+    assert digests[0] == digests[1]

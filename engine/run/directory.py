@@ -57,7 +57,7 @@ def open_run(profile_path: str | Path, out: str | Path | None = None, resume: bo
                 previous = load_profile(saved)
             except ProfileError as exc:
                 raise RunError(f"cannot resume: {exc}") from None
-            if previous.to_dict() != profile.to_dict():
+            if _results_keys(previous) != _results_keys(profile):
                 raise RunError(f"cannot resume {run_dir}: its profile.toml differs from {profile_path}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +94,17 @@ def attempt_without_work(run_dir: Path) -> str | None:
     errors = [str(event.get("message", "")) for event in last if event["type"] == "error"]
     status = str(finished[-1].get("status", "?"))
     return f"{status}: {errors[-1]}" if errors else status
+
+
+# Where work runs, which never changes a result: a killed run may resume with another executor.
+PLACEMENT_KEYS = {"search": ("executor", "workers"), "database": ("executor", "workers"), "ray": ("address", "shared_path")}
+
+
+def _results_keys(profile) -> dict:
+    """The profile as a dict without ``PLACEMENT_KEYS``."""
+    values = profile.to_dict()
+    return {section: {key: value for key, value in body.items() if key not in PLACEMENT_KEYS.get(section, ())}
+            for section, body in values.items()}
 
 
 def _same_profile(run_dir: Path, profile) -> bool:

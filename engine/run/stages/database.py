@@ -20,7 +20,9 @@ def is_done(ctx: RunContext) -> bool:
 
 def make(ctx: RunContext) -> None:
     config = ctx.profile.database
-    executor = open_executor(config.executor, config.workers, ctx.profile.hardware.threads)
+    executor = open_executor(
+        config.executor, config.workers, ctx.profile.hardware.threads, ctx.profile.ray, shared=[str(ctx.run_dir)],
+    )
     remove_temporaries(ctx.run_dir / "db")
     plan = workers.database_plan(ctx)
     done = plan.already_done

@@ -66,7 +66,9 @@ def run_search(ctx: RunContext, problem, start=None, settings: SearchSettings | 
                 budget=problem.budget, predicted_speedup=event.predicted_speedup,
             )
 
-    executor = open_executor(config.executor, config.workers, ctx.profile.hardware.threads)
+    executor = open_executor(
+        config.executor, config.workers, ctx.profile.hardware.threads, ctx.profile.ray, shared=[str(ctx.run_dir)],
+    )
     if executor.name == "inline":
         workers.adopt(ctx)
     scorer = executor.scorer(workers.build_scorer, (str(ctx.run_dir),))

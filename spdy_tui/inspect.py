@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.model.losses import METRIC_NAMES
 from engine.run.runlog import RunState, summarise, unreadable_warning
 from spdy_tui.plot import loss_plot
 
@@ -31,6 +32,7 @@ def summary_json(path: Path) -> dict:
             {"name": c.name, "level": c.level, "seconds": c.seconds, "share": c.share} for c in state.allocation()
         ],
         "baselines": state.baselines,
+        "final": state.final,
         "verify": state.verify,
         "tighten": state.tighten,
         "errors": state.errors,
@@ -38,6 +40,15 @@ def summary_json(path: Path) -> dict:
         "unreadable_lines": state.unreadable_lines,
         "warnings": [unreadable_warning(state.unreadable_lines)] if state.unreadable_lines else [],
     }
+
+
+def _value(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def quality_text(quality: dict | None) -> str:
+    """Held-out metrics in words: 'cosine to dense (mean) 0.91, neighbour recall@10 0.8'."""
+    return ", ".join(f"{METRIC_NAMES.get(key, key)} {_value(value)}" for key, value in (quality or {}).items()) or "-"
 
 
 def render_summary(path: Path, console: Console) -> None:
@@ -74,7 +85,10 @@ def render_summary(path: Path, console: Console) -> None:
         console.print(
             f"baseline {name}: loss {'-' if loss is None else f'{loss:.6g}'}, "
             f"predicted {'-' if speedup is None else f'{speedup:.3f}x'}"
+            + (f"; held-out {quality_text(baseline['quality'])}" if baseline.get("quality") else "")
         )
+    if state.final:
+        console.print(f"final model: calibration loss {_value(state.final.get('loss'))}; held-out " + quality_text(state.final.get("quality")))
     if state.verify:
         verify = state.verify
         console.print(f"verify: predicted {verify['predicted']:.3f}x, measured {verify['measured']:.3f}x")

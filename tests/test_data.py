@@ -165,3 +165,32 @@ def test_image_folder(tmp_path):
 def test_model_source_needs_a_python_model():
     with pytest.raises(DataError, match="data.source 'model' needs model.source 'python'"):
         build_data(profile(source="model"))
+
+
+def _decoded(tokenizer, batches) -> list[str]:
+    return [tokenizer.decode(ids, skip_special_tokens=True) for batch in batches for ids in batch.inputs["input_ids"]]
+
+
+def test_heldout_path_replaces_the_heldout_split(tmp_path, tokenizer):
+    source = tmp_path / "calibration.txt"
+    source.write_text("alpha one\nbeta two\ngamma three\n")
+    heldout = tmp_path / "mine.txt"
+    heldout.write_text("my first line\n\nmy second line\nmy first line\nmy third line\n")
+    settings = dict(source="text", path=str(source), calibration_samples=3, heldout_samples=2, seq_len=8, heldout_path=str(heldout))
+    data = build_data(profile(**settings), tokenizer)
+    # all three source lines calibrate (no held-out split is taken from the source), the held-out
+    # set is the file's first two distinct lines, in order
+    assert sorted(_decoded(tokenizer, data.calibration)) == ["alpha one", "beta two", "gamma three"]
+    assert _decoded(tokenizer, data.heldout) == ["my first line", "my second line"]
+
+
+def test_heldout_text_that_is_also_calibration_text_is_refused(tmp_path, tokenizer):
+    source = tmp_path / "calibration.txt"
+    source.write_text("alpha one\nbeta two\n")
+    heldout = tmp_path / "mine.txt"
+    heldout.write_text("beta two\nunseen line\n")
+    settings = dict(source="text", path=str(source), calibration_samples=2, heldout_samples=2, seq_len=8, heldout_path=str(heldout))
+    with pytest.raises(DataError, match=r"data.heldout_path '.*mine.txt': 1 held-out sample\(s\) are also calibration samples, e.g. 'beta two'"):
+        build_data(profile(**settings), tokenizer)
+    with pytest.raises(DataError, match="data.heldout_path '.*absent.txt': cannot read"):
+        build_data(profile(**{**settings, "heldout_path": str(tmp_path / "absent.txt")}), tokenizer)

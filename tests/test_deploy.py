@@ -142,6 +142,7 @@ def test_spdy_bench_times_every_runtime_and_writes_its_table(tmp_path):
     assert rows[report["baseline"]]["speedup"] == 1.0
     assert all(row["ms"] > 0 and row["iqr_ms"][0] <= row["ms"] <= row["iqr_ms"][1] for row in rows.values())
     assert rows["torch"]["cosine_mean"] == pytest.approx(1.0) and rows["compiled"]["cosine_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["torch"]["agreement"] == 1.0 and "recall_at_10" not in rows["torch"]  # a classifier: agreement, not recall
     for name in ("bench.json", "bench.md", "bench.png"):
         assert (out / name).is_file()
     assert "## Runtimes side by side (spdy bench)" in (out / "report.md").read_text()

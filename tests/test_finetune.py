@@ -152,6 +152,13 @@ def finished_run(root: Path, target: float = TARGET) -> Path:
                                   "loss": {"calibration": None, "heldout": None}}},
         "seed": 0, "evaluations": 0,
     })
+    # the run's one-shot weights (a one-shot start trains these): magnitude pruning of the allocation
+    from engine.model.sources import load_model
+    from engine.recovery.gmp import one_shot_magnitude
+    from engine.run.products import write_final
+
+    levels = {row["name"]: row["level"] for row in allocation.as_rows()}
+    write_final(run_dir, one_shot_magnitude(load_model(profile), levels))
     return run_dir
 
 
@@ -159,7 +166,7 @@ def finished_run(root: Path, target: float = TARGET) -> Path:
 def tuned(tmp_path_factory):
     """A finished run and its fine-tuning (with verify), uninterrupted."""
     run_dir = finished_run(tmp_path_factory.mktemp("finetune"))
-    result = run_cli("finetune", run_dir, "--epochs", EPOCHS, "--threads", 1, "--json")
+    result = run_cli("finetune", run_dir, "--start", "gradual", "--epochs", EPOCHS, "--threads", 1, "--json")
     assert result.exit_code == 0, result.output
     return run_dir, json.loads(result.stdout)
 
@@ -177,7 +184,8 @@ def test_finetune_reaches_exact_levels_and_beats_one_shot(tuned):
         weight = model.get_submodule(name).weight
         assert int((weight == 0).sum()) == pruned_count(weight.numel(), level_sparsity(level)), name
     held = result["heldout"]
-    assert held["gradual"] >= ACCURACY_BOUND and held["gradual"] > held["one_shot_magnitude"], held
+    assert held["finetuned"] >= ACCURACY_BOUND and held["finetuned"] > held["one_shot_magnitude"], held
+    assert result["start"] == "gradual"
     assert result["heldout_metric"] == "accuracy" and result["training"]["loss"] == "cross-entropy"
     assert result["measured_speedup"] > 0 and result["verify"]["max_abs_difference"] < 1e-3
     assert read_recipe_schedule(out / "recipe.yaml") == GMPSchedule.for_epochs(EPOCHS)
@@ -192,6 +200,25 @@ def test_finetune_reaches_exact_levels_and_beats_one_shot(tuned):
         final = pruned_count(model.get_submodule(name).weight.numel(), level_sparsity(level))
         assert counts == sorted(counts) and counts[-1] == final, name  # monotone, exact at the end
     assert checkpoint.load_state(out)["done"] is True
+
+
+def test_one_shot_start_trains_the_runs_weights_with_their_masks_fixed(tuned):
+    run_dir, _ = tuned
+    out = run_dir / "finetune-one-shot"
+    result = run_cli("finetune", run_dir, "--epochs", 3, "--threads", 1, "--no-verify", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["start"] == "one-shot" and record["schedule"] is None and not (out / "recipe.yaml").exists()
+    one_shot, tuned_weights = load_file(run_dir / "final.safetensors"), load_file(out / "pruned.safetensors")
+    allocation = {row["name"]: row["level"] for row in record["layers"]}
+    for name, level in allocation.items():
+        start, end = one_shot[f"{name}.weight"], tuned_weights[f"{name}.weight"]
+        if level_sparsity(level) > 0:
+            assert torch.equal(start == 0, end == 0), name  # exactly the one-shot mask, never re-chosen
+        assert not torch.equal(start, end), name  # and the weights did train
+    held = record["heldout"]
+    # the fixture's one-shot weights are one-shot magnitude pruning: training must improve on them
+    assert held["finetuned"] > held["one_shot_magnitude"], held
 
 
 def test_distillation_targets_are_the_dense_outputs_kept_on_disk(tuned):
@@ -217,7 +244,7 @@ def test_killed_finetune_resumes_to_bit_identical_weights(tuned):
         if event["type"] == "finetune" and event["phase"] == "step" and event["epoch"] == 3:
             raise KeyboardInterrupt  # mid-epoch: the last checkpoint is the one after epoch 3
 
-    job = open_finetune(run_dir, Options(epochs=EPOCHS, threads=1), killed, listener=kill_in_epoch_four, verify=False)
+    job = open_finetune(run_dir, Options(start="gradual", epochs=EPOCHS, threads=1), killed, listener=kill_in_epoch_four, verify=False)
     with pytest.raises(KeyboardInterrupt):
         execute(job)
     assert checkpoint.load_state(killed)["epoch"] == 3 and not (killed / "pruned.safetensors").exists()
@@ -242,7 +269,7 @@ def test_killed_finetune_resumes_to_bit_identical_weights(tuned):
 def test_sigkilled_finetune_resumes_to_bit_identical_weights(tuned):
     run_dir, _ = tuned
     killed = run_dir / "finetune-sigkilled"
-    command = [sys.executable, "-m", "spdy_tui.cli", "finetune", str(run_dir), "--out", str(killed),
+    command = [sys.executable, "-m", "spdy_tui.cli", "finetune", str(run_dir), "--out", str(killed), "--start", "gradual",
                "--epochs", str(EPOCHS), "--threads", "1", "--no-verify"]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.model.data import DataError
-from engine.model.losses import LOSSES, cosine_loss, cross_entropy_loss, heldout_metrics, kl_loss, loss_function, mse_loss, resolve_loss
+from engine.model.losses import LOSSES, cosine_loss, cross_entropy_loss, heldout_metrics, neighbour_recall, kl_loss, loss_function, mse_loss, resolve_loss
 
 
 def test_cosine_of_known_vectors():
@@ -78,4 +78,24 @@ def test_heldout_metrics():
     assert heldout_metrics("classifier", output, dense, labels) == {"agreement": 0.5, "accuracy": 0.25, "dense_accuracy": 0.75}
     assert heldout_metrics("classifier", output, dense) == {"agreement": 0.5}
     embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert heldout_metrics("encoder", embeddings, torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == {"cosine": pytest.approx(0.5)}
+    # cosines 1 and 0: mean 0.5, 10th percentile 0 + 0.1 * (1 - 0); with two samples each one's
+    # only neighbour is the other, whatever the embeddings, so recall is 1
+    assert heldout_metrics("encoder", embeddings, torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == {
+        "cosine": pytest.approx(0.5), "cosine_p10": pytest.approx(0.1), "recall_at_10": 1.0,
+    }
+
+
+def _at_degrees(*angles: float) -> torch.Tensor:
+    radians = torch.tensor(angles, dtype=torch.float64) * torch.pi / 180
+    return torch.stack([radians.cos(), radians.sin()], dim=-1)
+
+
+def test_neighbour_recall_by_hand():
+    dense = _at_degrees(0, 10, 90, 100)  # nearest: a-b, b-a, c-d, d-c
+    moved = _at_degrees(0, 10, 90, 200)  # a->b yes, b->a yes, c->b (80 deg < 90) no, d->c (110 deg) yes
+    assert neighbour_recall(moved, dense, k=1) == 0.75
+    assert neighbour_recall(dense, dense, k=1) == 1.0
+    # k=2 of 3 others: dense a:{b,c} b:{a,c} c:{d,b} d:{c,b}; moved a:{b,c} b:{a,c} c:{b,a} d:{c,a}
+    assert neighbour_recall(moved, dense, k=2) == pytest.approx(6 / 8)
+    assert neighbour_recall(moved, dense, k=10) == 1.0  # k cut to the 3 others: every set is everything
+    assert math.isnan(neighbour_recall(dense[:1], dense[:1]))

@@ -5,7 +5,7 @@ disturb each other: field notes), built one after the other, then timed in inter
 in every round each worker in turn (rotated order) runs ``warmup`` untimed and ``calls`` timed
 forward passes on the run's timing batch while the others wait.  Per runtime: the median and the
 interquartile range of the per-call seconds, the speedup over the fastest dense path, and the
-held-out quality (cosine of the outputs to the dense model's: the mean, the 10th percentile).
+held-out quality (cosine of the outputs to the dense model's: the mean, the 10th percentile; neighbour recall@10).
 
     pruned            the run's model on its runtime (engine.deploy.load)
     pruned-eager      the same weights on our kernels in eager PyTorch (when the run is compiled)
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from engine.model.losses import heldout_metrics
 
 DENSE = ("torch", "onednn", "compiled", "onnxruntime")
 REFERENCE_POINTS = ("onnxruntime-int8",)
@@ -139,12 +141,6 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
     return summarise(ctx, names, samples, heldout, built, rounds, warmup, calls)
 
 
-def _cosines(outputs: list[np.ndarray], dense: list[np.ndarray]) -> np.ndarray:
-    a, b = np.concatenate(outputs), np.concatenate(dense)
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
 def summarise(ctx, names, samples, heldout, built, rounds, warmup, calls) -> dict:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     dense = [name for name in names if name in DENSE]
@@ -155,8 +151,13 @@ def summarise(ctx, names, samples, heldout, built, rounds, warmup, calls) -> dic
         row = {"runtime": name, "ms": medians[name] * 1e3, "iqr_ms": [q1 * 1e3, q3 * 1e3],
                "speedup": medians[fastest] / medians[name], "build_seconds": built[name]}
         if heldout[name] and heldout["torch"]:
-            cosines = _cosines(heldout[name], heldout["torch"])
-            row["cosine_mean"], row["cosine_p10"] = float(cosines.mean()), float(np.quantile(cosines, 0.1))
+            outputs, dense = (torch.from_numpy(np.concatenate(heldout[key])) for key in (name, "torch"))
+            closeness = heldout_metrics("encoder", outputs, dense)  # cosine of any output; recall for encoders
+            row["cosine_mean"], row["cosine_p10"] = closeness["cosine"], closeness["cosine_p10"]
+            if ctx.loaded.task == "encoder":
+                row["recall_at_10"] = closeness["recall_at_10"]
+            else:
+                row["agreement"] = heldout_metrics(ctx.loaded.task, outputs, dense)["agreement"]
         rows.append(row)
     return {"rows": rows, "baseline": fastest, "rounds": rounds, "warmup": warmup, "calls": calls,
             "threads": ctx.profile.hardware.threads, "batch": ctx.profile.hardware.batch_size,
@@ -171,13 +172,14 @@ def markdown(report: dict, environment: dict) -> str:
         f"{report['rounds']} interleaved rounds x {report['calls']} calls. Speedup over the fastest dense path: "
         f"**{report['baseline']}**.",
         "",
-        "| runtime | ms (median) | IQR ms | speedup | held-out cosine to dense (mean / p10) |",
-        "|---|---|---|---|---|",
+        "| runtime | ms (median) | IQR ms | speedup | held-out cosine to dense (mean / p10) | neighbour recall@10 |",
+        "|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         cosine = f"{row['cosine_mean']:.4f} / {row['cosine_p10']:.4f}" if "cosine_mean" in row else "-"
+        recall = f"{row['recall_at_10']:.3f}" if "recall_at_10" in row else "-"
         lines.append(f"| {row['runtime']} | {row['ms']:.1f} | {row['iqr_ms'][0]:.1f}-{row['iqr_ms'][1]:.1f} | "
-                     f"{row['speedup']:.3f}x | {cosine} |")
+                     f"{row['speedup']:.3f}x | {cosine} | {recall} |")
     return "\n".join(lines) + "\n"
 
 

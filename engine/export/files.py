@@ -33,6 +33,7 @@ from engine.core.grid import level_sparsity, parse_nm
 from engine.export.result import plain_json, write_json
 from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
 from engine.export.schedule import GMPSchedule
+from engine.model.losses import METRIC_NAMES
 
 # Module names that are safe as plain YAML scalars and as one whitespace-free profile.txt field.
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -294,10 +295,18 @@ def _number(value, spec: str = ".4g") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _baseline_row(name: str, entry: Mapping) -> str:
-    loss = entry["loss"]
+def _baseline_row(name: str, entry: Mapping, metrics: Sequence[str]) -> str:
+    """One allocation's row: predicted speedup, calibration loss, then each held-out metric (the
+    primary one, ``loss.heldout``, when the entry has no ``quality``: runs before it existed)."""
+    loss, quality = entry["loss"], entry.get("quality") or {}
+    values = [quality.get(metric) for metric in metrics] if quality else [loss["heldout"]] + [None] * (len(metrics) - 1)
     return (f"| {name} | {_number(entry['predicted_speedup'], '.3f')}x | {_number(loss['calibration'])} | "
-            f"{_number(loss['heldout'])} |")
+            + " | ".join(_number(value) for value in values) + " |")
+
+
+def _quality_line(result: Mapping) -> str:
+    quality = result.get("quality") or {}
+    return "- Held-out quality: " + ", ".join(f"{METRIC_NAMES.get(key, key)} {_number(value)}" for key, value in quality.items())
 
 
 def _closed_loop_lines(loop: Mapping | None) -> list[str]:
@@ -320,6 +329,8 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
     _write(run_dir, "loss_curve.png", _loss_curve_png(evaluations))
     _write(run_dir, "allocation.png", _allocation_png(layers, baselines.get("uniform", {}).get("levels")))
     heldout = result.get("heldout_metric", "held-out metric")
+    metrics = list(result.get("quality") or {}) or ["heldout"]
+    metric_titles = [METRIC_NAMES.get(metric, heldout) for metric in metrics]
     measured = result["measured_speedup"]
     total_time = result.get("budget") or sum(layer["time"] for layer in layers) or 1.0
     lines = [
@@ -331,15 +342,17 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
         *_closed_loop_lines(result.get("closed_loop")),
         f"- Dense baseline: `{result['dense_baseline']}` (the fastest dense path measured; every speedup is relative to it)",
         f"- Calibration loss {_number(loss['calibration'])}, {heldout} {_number(loss['heldout'])}",
+        *([_quality_line(result)] if result.get("quality") else []),
         f"- Seed {result['seed']}, {result['evaluations']} evaluations", "",
         "## Allocation", "", "| # | layer | level | time (ms) | share of budget |", "|---:|---|---:|---:|---:|",
         *(f"| {index} | `{layer['name']}` | {layer['level']} | {layer['time'] * 1e3:.3f} | "
           f"{layer['time'] / total_time:.1%} |" for index, layer in enumerate(layers, start=1)),
         "", "Share of budget: the layer's predicted time over the time budget of the layers "
         "(base / target - (base - prunable)), or over their summed time when no budget is recorded.", "",
-        "## Baselines", "", f"| allocation | predicted speedup | calibration loss | {heldout} |",
-        "|---|---:|---:|---:|",
-        _baseline_row("**SPDY**", result), *(_baseline_row(name, entry) for name, entry in baselines.items()),
+        "## Baselines", "", f"| allocation | predicted speedup | calibration loss | {' | '.join(metric_titles)} |",
+        "|---|---:|---:|" + "---:|" * len(metric_titles),
+        _baseline_row("**SPDY**", result, metrics),
+        *(_baseline_row(name, entry, metrics) for name, entry in baselines.items()),
         "", "## Search", "", "![calibration loss of every evaluation](loss_curve.png)", "",
         "## Per-layer sparsity", "", "![per-layer sparsity](allocation.png)", "",
         "## Environment", "", "```",

@@ -22,7 +22,7 @@ import pickle
 import random
 import re
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -155,19 +155,35 @@ def text_lines(path: str | Path, what: str) -> list[str]:
 
 
 def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: str) -> Data:
+    """Calibration and held-out text tokenised; the held-out text is ``data.heldout_path``'s lines when
+    given (else the source's seeded held-out split), and never shares a sample with the calibration text."""
     if tokenizer is None:
         raise DataError(f"data.source {profile.data.source!r} is text, but model.source {profile.model.source!r} has no tokenizer")
-    calibration, heldout = split_indices(len(samples), profile, what)
-
-    def encode(index: list[int]) -> list[Batch]:
-        if not index:
-            return []
-        encoded = tokenizer(
-            [samples[i] for i in index], padding="max_length", truncation=True, max_length=profile.data.seq_len, return_tensors="pt"
+    heldout_path = profile.data.heldout_path
+    if heldout_path:
+        calibration_only = replace(profile, data=replace(profile.data, heldout_samples=0))
+        calibration, _ = split_indices(len(samples), calibration_only, what)
+        calibration_text = [samples[i] for i in calibration]
+        what_heldout = f"data.heldout_path {heldout_path!r}"
+        heldout_text = text_lines(heldout_path, what_heldout)[: profile.data.heldout_samples]
+    else:
+        calibration, heldout = split_indices(len(samples), profile, what)
+        calibration_text, heldout_text = [samples[i] for i in calibration], [samples[i] for i in heldout]
+        what_heldout = f"the held-out split of {what}"
+    shared = set(calibration_text).intersection(heldout_text)
+    if shared:
+        raise DataError(
+            f"{what_heldout}: {len(shared)} held-out sample(s) are also calibration samples, e.g. {min(shared)[:80]!r}; "
+            "held-out text must be unseen (remove those lines)"
         )
-        return _batches(dict(encoded), None, range(len(index)), profile.data.batch_size)
 
-    return Data(encode(calibration), encode(heldout))
+    def encode(texts: list[str]) -> list[Batch]:
+        if not texts:
+            return []
+        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=profile.data.seq_len, return_tensors="pt")
+        return _batches(dict(encoded), None, range(len(texts)), profile.data.batch_size)
+
+    return Data(encode(calibration_text), encode(heldout_text))
 
 
 def trimmed_by_length(batches: list[Batch]) -> list[Batch]:

@@ -48,7 +48,7 @@ class _AllInputsSeen(Exception):
     """Raised by a hook once every wanted layer has had its input: the rest of the forward is not needed."""
 
 
-def _padding_mask(inputs: Any) -> torch.Tensor | None:
+def padding_mask(inputs: Any) -> torch.Tensor | None:
     mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
     return mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
@@ -84,7 +84,7 @@ def feed_layer_inputs(
         with torch.no_grad():
             for inputs in calibration_inputs:
                 seen.clear()
-                mask = _padding_mask(inputs)
+                mask = padding_mask(inputs)
                 try:
                     loaded.run(inputs)
                 except _AllInputsSeen:

@@ -100,22 +100,61 @@ def primary_metric_name(model_kind: str, has_labels: bool) -> str:
     return "accuracy" if has_labels else "agreement with dense"
 
 
+NEIGHBOURS = 10  # neighbour recall@k of encoders: k
+
+
+def neighbour_recall(outputs: torch.Tensor, dense: torch.Tensor, k: int = NEIGHBOURS) -> float:
+    """Neighbour recall@k: for each sample i, N_dense(i) its k nearest other samples by cosine under
+    the dense embeddings and N(i) under the candidate's; recall = mean_i |N(i) & N_dense(i)| / k.
+
+    What a semantic-search user keeps: the share of each query's top-k results that survive.
+    k is cut to n - 1 when fewer samples exist (nan for fewer than two)."""
+    samples = outputs.shape[0]
+    k = min(k, samples - 1)
+    if k < 1:
+        return float("nan")
+
+    def nearest(embeddings: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(_per_sample(embeddings).double(), dim=-1, eps=1e-12)
+        similarity = unit @ unit.T
+        similarity.fill_diagonal_(-float("inf"))  # a sample is not its own neighbour
+        return similarity.topk(k, dim=-1).indices
+
+    kept = nearest(outputs).unsqueeze(-1) == nearest(dense).unsqueeze(-2)  # (n, k, k): candidate j is dense neighbour l
+    return kept.any(dim=-1).double().mean().item()
+
+
 def heldout_metrics(
     model_kind: str, outputs: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor | None = None
 ) -> dict[str, float]:
     """Quality of a candidate on the held-out set (outputs concatenated over all batches).
 
-    Encoders: ``cosine``, the mean cosine similarity to the dense embeddings (1 = unchanged).
-    Classifiers: ``agreement``, the fraction of samples whose top-1 class matches the dense
-    model's; with labels also ``accuracy`` (top-1 accuracy of the candidate) and
+    Encoders: ``cosine``, the mean cosine similarity to the dense embeddings (1 = unchanged),
+    ``cosine_p10``, its 10th percentile (the worst tenth of sentences), and ``recall_at_10``
+    (``neighbour_recall``).  Classifiers: ``agreement``, the fraction of samples whose top-1 class
+    matches the dense model's; with labels also ``accuracy`` (top-1 accuracy of the candidate) and
     ``dense_accuracy``.
     """
     if model_kind == "encoder":
         similarity = F.cosine_similarity(_per_sample(outputs), _per_sample(dense), dim=-1, eps=1e-12)
-        return {"cosine": similarity.mean().item()}
+        return {
+            "cosine": similarity.mean().item(),
+            "cosine_p10": torch.quantile(similarity.double(), 0.1).item(),
+            "recall_at_10": neighbour_recall(outputs, dense),
+        }
     predicted, dense_predicted = outputs.argmax(dim=-1), dense.argmax(dim=-1)
     metrics = {"agreement": (predicted == dense_predicted).float().mean().item()}
     if labels is not None:
         metrics["accuracy"] = (predicted == labels).float().mean().item()
         metrics["dense_accuracy"] = (dense_predicted == labels).float().mean().item()
     return metrics
+
+
+METRIC_NAMES = {
+    "cosine": "cosine to dense (mean)",
+    "cosine_p10": "cosine to dense (10th percentile)",
+    "recall_at_10": "neighbour recall@10",
+    "accuracy": "accuracy",
+    "agreement": "agreement with dense",
+    "dense_accuracy": "dense accuracy",
+}

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,30 +51,9 @@ from engine.core.grid import level_sparsity, parse_nm
 from engine.model.losses import primary_metric, resolve_loss
 from engine.core.errors import RunError
 from engine.run.context import RunContext
-from engine.export.schedule import DEFAULT, GMPSchedule
+from engine.export.schedule import GMPSchedule
+from engine.recovery.settings import DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, resolve, schedule_of
 from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
-
-DISTILLATION_LOSSES = ("kl", "cosine", "mse")
-LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
-STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
-
-
-@dataclass(frozen=True)
-class Options:
-    """What the user chose; None means "the default" (or, when resuming, what was chosen before)."""
-
-    allocation: str = "spdy"
-    epochs: int | None = None
-    pruning_end: int | None = None
-    init_sparsity: float | None = None
-    update_frequency: int | None = None
-    loss: str | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    train_samples: int | None = None  # 0 = all
-    data: str | None = None
-    threads: int | None = None  # not part of what the result means: may change on resume
-
 
 @dataclass
 class Finetune:
@@ -125,50 +104,6 @@ def _allocation(result: dict, name: str, path: Path) -> tuple[list[dict], float,
     return [dict(row) for row in rows], predicted, heldout
 
 
-def _defaults(profile) -> dict:
-    """Schedule defaults from ``engine.export.schedule.DEFAULT``; Adam at 5e-5 for transformers, 1e-3 otherwise."""
-    transformer = profile.model.source in ("minilm", "hf")
-    return {
-        "allocation": "spdy", "epochs": DEFAULT.num_epochs, "pruning_end": None,
-        "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
-        "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
-        "threads": profile.hardware.threads,
-    }
-
-
-def _resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
-    """Concrete settings: given options, else (resuming) the stored ones, else the defaults.
-
-    Resuming with a given option that differs from the stored one is refused."""
-    defaults = _defaults(profile)
-    settings, differ = {}, []
-    for field in fields(Options):
-        given = getattr(options, field.name)
-        before = (stored or {}).get(field.name, defaults[field.name]) if stored is not None else None
-        if stored is not None and given is not None and given != before and field.name != "threads":
-            differ.append(f"--{field.name.replace('_', '-')} {given} (was {before})")
-        settings[field.name] = given if given is not None else (before if stored is not None else defaults[field.name])
-    if differ:
-        raise RunError(f"cannot resume {out}: it was started with other settings: {'; '.join(differ)}")
-    if settings["loss"] not in LOSS_CHOICES:
-        raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
-    if not settings["lr"] > 0:
-        raise RunError(f"--lr must be positive, got {settings['lr']}")
-    if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
-        raise RunError("--batch-size and --threads must be at least 1, --train-samples at least 0")
-    return settings
-
-
-def _schedule(settings: dict) -> GMPSchedule:
-    try:
-        return GMPSchedule.for_epochs(
-            int(settings["epochs"]), settings["pruning_end"], init_sparsity=float(settings["init_sparsity"]),
-            update_frequency=int(settings["update_frequency"]),
-        )
-    except ValueError as exc:
-        raise RunError(f"--epochs / --pruning-end / --init-sparsity / --update-frequency: {exc}") from None
-
-
 def _describe(state: dict) -> str:
     if state.get("done"):
         return "finished"
@@ -205,10 +140,10 @@ def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | 
         what = _describe(state) if state else "not empty"
         raise RunError(f"{out}: a fine-tuning is already there ({what}); add --resume to continue it, or choose another --out")
     stored = state.get("settings") if state else None
-    settings = _resolve(options, stored, profile, out)
+    settings = resolve(options, stored, profile, out)
     if state and state.get("levels") not in (None, {row["name"]: row["level"] for row in rows}):
         raise RunError(f"cannot resume {out}: {result_path} now holds another allocation than the one it was started with")
-    schedule = _schedule(settings)
+    schedule = schedule_of(settings)
     out.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl", listener=listener)
     done = state["epoch"] if state else 0
@@ -217,6 +152,25 @@ def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | 
 
 
 # ---------------------------------------------------------------------------- pieces of the loop
+def one_shot_weights(ft: Finetune) -> torch.nn.Module:
+    """A copy of the model with the run's one-shot weights of the allocation: final.safetensors for
+    SPDY's (reconstructed, and refined as the run's export settings said), the database's cells for a
+    baseline's."""
+    run = ft.run
+    if ft.settings["allocation"] == "spdy":
+        try:
+            return copy.deepcopy(run.final_model)
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{run.run_dir / 'final.safetensors'}: cannot load the run's one-shot weights ({exc}); "
+                           "finish `spdy run`, or use --start gradual") from None
+    stitcher = run.stitcher
+    try:
+        stitcher.apply(ft.levels)
+        return copy.deepcopy(run.loaded.model)
+    finally:
+        stitcher.restore()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -244,7 +198,7 @@ def execute(ft: Finetune) -> dict:
 
 
 def _train_and_export(ft: Finetune) -> dict:
-    from engine.recovery.gmp import GradualMasks
+    from engine.recovery.gmp import FixedMasks, GradualMasks
     from engine.model.losses import LOSSES
     from engine.core.masks import nm_ineligibility
 
@@ -267,8 +221,9 @@ def _train_and_export(ft: Finetune) -> dict:
     teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
     dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
 
-    student = copy.deepcopy(loaded.model)
-    masks = GradualMasks(student, ft.levels, schedule)
+    one_shot_start = settings["start"] == "one-shot"
+    student = one_shot_weights(ft) if one_shot_start else copy.deepcopy(loaded.model)
+    masks = FixedMasks(student, ft.levels) if one_shot_start else GradualMasks(student, ft.levels, schedule)
     optimizer = torch.optim.Adam(student.parameters(), lr=float(settings["lr"]))
     start, history = 0, []
     if ft.state:
@@ -319,7 +274,7 @@ def _train_and_export(ft: Finetune) -> dict:
     checkpoint.write_state(ft.out, {**record, "history": history, "epoch": schedule.num_epochs,
                                     "checkpoint": checkpoint.folder_name(schedule.num_epochs), "done": True})
     log.emit("finetune", phase="done", epoch=schedule.num_epochs, epochs=schedule.num_epochs,
-             heldout=result["heldout"]["gradual"], measured_speedup=result["measured_speedup"])
+             heldout=result["heldout"]["finetuned"], measured_speedup=result["measured_speedup"])
     return result
 
 
@@ -338,9 +293,11 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
                            f"level {row['level']} needs {expected}")
         layers.append({**row, "numel": weight.numel(), "pruned": expected, "zeros": int((weight == 0).sum())})
     files.write_pruned_weights(ft.out, student, {
-        "allocation": levels, "source": "spdy finetune", "schedule": schedule.as_dict(), "seed": ft.run.profile.run.seed,
+        "allocation": levels, "source": "spdy finetune", "start": ft.settings["start"],
+        "schedule": schedule.as_dict() if ft.settings["start"] == "gradual" else None, "seed": ft.run.profile.run.seed,
     })
-    files.write_recipe(ft.out, layers, schedule)
+    if ft.settings["start"] == "gradual":
+        files.write_recipe(ft.out, layers, schedule)  # the schedule it followed; a one-shot start had none
     metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
     one_shot = heldout(loaded, data, one_shot_magnitude(loaded, levels), dense_heldout) if dense_heldout is not None else {}
     dense = heldout(loaded, data, loaded.model, dense_heldout) if dense_heldout is not None else {}
@@ -353,15 +310,16 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "predicted_speedup": finite(ft.predicted_speedup),
         "measured_speedup": None if outcome is None else outcome["measured"],
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
+        "start": ft.settings["start"],
         "heldout": {
-            "gradual": finite(primary_metric(metrics)) if metrics else None,
+            "finetuned": finite(primary_metric(metrics)) if metrics else None,
             "one_shot_magnitude": finite(primary_metric(one_shot)) if one_shot else None,
             "one_shot_run": finite(ft.run_heldout),
             "dense": finite(primary_metric(dense)) if dense else None,
         },
-        "metrics": {"gradual": metrics, "one_shot_magnitude": one_shot},
+        "metrics": {"finetuned": metrics, "one_shot_magnitude": one_shot},
         "layers": layers,
-        "schedule": schedule.as_dict(),
+        "schedule": schedule.as_dict() if ft.settings["start"] == "gradual" else None,
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "batch_size": ft.settings["batch_size"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,

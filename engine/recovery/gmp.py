@@ -15,7 +15,8 @@ Between updates the masks are enforced around every optimiser step: ``mask_gradi
 it (pruned weights get no gradient, so no optimiser state builds up for them) and ``apply``
 after it (pruned weights are exact zeros again even if momentum moved them).
 
-``one_shot_magnitude`` is the reference without training: every layer magnitude-pruned to its
+``FixedMasks`` holds the masks of one-shot reconstructed weights fixed instead (``spdy finetune
+--start one-shot``).  ``one_shot_magnitude`` is the reference without training: every layer magnitude-pruned to its
 final level at once.
 """
 
@@ -94,6 +95,24 @@ class GradualMasks:
             if keep.shape != self._weight(name).shape or keep.dtype != torch.bool:
                 raise ValueError(f"checkpoint mask of {name} does not fit its weight {tuple(self._weight(name).shape)}")
         self.keep = {name: keep.clone() for name, keep in state.items()}
+
+
+class FixedMasks(GradualMasks):
+    """Masks fixed at the start: a pruned layer keeps exactly its non-zero weights of the model it is
+    given (the one-shot reconstructed weights), for every epoch; nothing is ever pruned again."""
+
+    def __init__(self, model: nn.Module, levels: dict[str, str]):
+        self.model = model
+        self.levels = {name: level for name, level in levels.items() if level_sparsity(level) > 0.0}
+        self.keep = {}
+
+    def update(self, epoch: int) -> dict[str, float] | None:
+        """Take the masks from the weights' zeros the first time (not after a resume, which loads them)."""
+        if self.keep:
+            return None
+        self.keep = {name: self._weight(name).detach() != 0 for name in self.levels}
+        self.apply()
+        return self.sparsities()
 
 
 def one_shot_magnitude(loaded, levels: dict[str, str]):

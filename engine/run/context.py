@@ -12,7 +12,7 @@ the run directory, and the context reads it back when a later stage (or a worker
     ctx.final_model          final.safetensors loaded into a copy of the model
     ctx.backend              the target hardware (``engine.backends``)
 
-and offers the services built from them: ``problem()``, ``scorer()``, ``heldout_metric()``,
+and offers the services built from them: ``problem()``, ``scorer()``, ``heldout_quality()``,
 ``timing_inputs()``, ``timed_layers``, ``stitcher``.  ``RunContext.from_dir(run_dir)`` builds the
 context of an existing run from its own ``profile.toml``; that is how scoring workers, ``spdy
 verify``, ``spdy finetune`` and the benchmarks see exactly what the run saw.
@@ -140,19 +140,22 @@ class RunContext:
 
     @cached_property
     def _heldout_dense(self) -> torch.Tensor:
-        self.stitcher.restore()
+        if "stitcher" in self.__dict__:  # a stitched model is made dense again; no database needed otherwise
+            self.stitcher.restore()
         return self._heldout_outputs(self.loaded.model)
 
     def _heldout_outputs(self, model) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([self.loaded.run_model(model, batch.inputs) for batch in self.data.heldout])
 
-    def heldout_metric(self, levels: list[str], model=None) -> float:
-        """The held-out metric of the model at ``levels`` (or of ``model``): mean cosine similarity to
-        the dense embeddings for encoders, top-1 accuracy (or agreement with dense) for classifiers."""
+    def heldout_quality(self, levels: list[str], model=None) -> dict[str, float]:
+        """The held-out metrics (``engine.model.losses.heldout_metrics``) of the model at ``levels``
+        (or of ``model``): for encoders mean and 10th-percentile cosine to the dense embeddings and
+        neighbour recall@10; for classifiers accuracy and agreement with dense.  Empty without a
+        held-out set."""
         loaded, data = self.loaded, self.data
         if not data.heldout:
-            return float("nan")
+            return {}
         dense = self._heldout_dense
         labels = torch.cat([batch.labels for batch in data.heldout]) if data.has_labels else None
         if model is None:
@@ -161,7 +164,12 @@ class RunContext:
             self.stitcher.restore()
         else:
             candidate = self._heldout_outputs(model)
-        return primary_metric(heldout_metrics(loaded.task, candidate, dense, labels))
+        return heldout_metrics(loaded.task, candidate, dense, labels)
+
+    def heldout_metric(self, levels: list[str], model=None) -> float:
+        """The primary held-out number of ``heldout_quality``: mean cosine to dense for encoders,
+        top-1 accuracy (or agreement with dense) for classifiers; nan without a held-out set."""
+        return primary_metric(self.heldout_quality(levels, model))
 
 
 def _samples(inputs) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -145,6 +145,12 @@ def _check_files_and_pairs(profile: Profile) -> None:
             wanted = getattr(data, f"{part}_samples")
             if wanted > available:
                 raise DataError(f"data.{part}_samples = {wanted} exceeds the {available} {part} samples of the digits split")
+    if data.heldout_path:
+        if data.source not in TEXT_DATA:
+            raise DataError(f"data.heldout_path {data.heldout_path!r} is held-out text, but data.source {data.source!r} is not text")
+        if not text_lines(data.heldout_path, f"data.heldout_path {data.heldout_path!r}"):
+            raise DataError(f"data.heldout_path {data.heldout_path!r}: the file has no non-blank lines")
+        profile = replace(profile, data=replace(data, heldout_samples=0))  # the source gives calibration only
     if data.source == "text":
         split_indices(len(text_lines(data.path, f"data.path {data.path!r}")), profile, f"text file {data.path!r}")
 
@@ -282,7 +288,7 @@ def estimate_seconds(
     if database.method == "adaprune":
         per_weight *= database.passes * data.calibration_samples / 256
     weights = sum(layer.numel * len(layer_plan(layer.weight_shape, profile.levels())[0]) for layer in layers)
-    parallel = database.workers if database.executor == "processes" else 1
+    parallel = database.workers if database.executor in ("processes", "ray") else 1
     database_seconds = (weights * per_weight + model_pass(data.calibration_samples)) / parallel
 
     searchable = max(1, len(layers) - len(skipped))

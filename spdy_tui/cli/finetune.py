@@ -1,4 +1,4 @@
-"""`spdy finetune`: gradual magnitude pruning to a finished run's allocation, with fine-tuning."""
+"""`spdy finetune`: recovery training of a finished run's allocation (from its one-shot weights, or gradual pruning)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def finetune(
     data: Optional[Path] = option(
         None, "--data", metavar="FILE", help="Training data: a text file (one sample per line) or a .safetensors/.pt/.npy file "
         "with inputs (and labels). Default: the profile's data without its held-out samples (digits: the train split)."),
+    start: Optional[str] = option(
+        None, "--start", metavar="HOW",
+        help="one-shot (default): train the run's one-shot reconstructed weights, masks fixed; gradual: magnitude "
+        "pruning from the dense model on the cubic schedule."),
     epochs: Optional[int] = option(None, "--epochs", metavar="N", help="Training epochs in all (default 15, as in recipe.yaml)."),
     pruning_end: Optional[int] = option(
         None, "--pruning-end", metavar="EPOCH", help="Epoch at whose start every layer reaches its level (default: two thirds of --epochs)."),
@@ -48,7 +52,7 @@ def finetune(
         help="Re-measure the speedup end to end at the end (default: the profile's export.verify)."),
     as_json: bool = json_flag("the fine-tuning's result.json"),
 ) -> None:
-    """Gradual magnitude pruning to a run's allocation with fine-tuning (the schedule of recipe.yaml)."""
+    """Recover what pruning lost: train a run's allocation from its one-shot weights (masks fixed) or prune gradually."""
     existing_dir(run_dir, "run directory")
     output_dir(out_dir)
     if data is not None and not data.is_file():
@@ -57,7 +61,7 @@ def finetune(
     from spdy_tui.progress import StderrProgress
 
     options = engine_finetune.Options(
-        allocation=allocation, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
+        allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
         data=None if data is None else str(data.resolve()), threads=threads,
     )
@@ -77,7 +81,7 @@ def finetune(
         return "-" if value is None else f"{value:.4f}"
 
     out.print(
-        f"{result['allocation']} allocation, gradual pruning: held-out {result['heldout_metric']} {number(held['gradual'])} "
+        f"{result['allocation']} allocation, {result['start']} start: held-out {result['heldout_metric']} {number(held['finetuned'])} "
         f"(one-shot magnitude {number(held['one_shot_magnitude'])}, one-shot in the run {number(held['one_shot_run'])}, "
         f"dense {number(held['dense'])}); predicted {number(result['predicted_speedup'])}x, "
         f"measured {'-' if measured is None else f'{measured:.3f}x'}; wrote {job.out}"

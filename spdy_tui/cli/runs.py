@@ -61,11 +61,14 @@ def run(
     if as_json:
         print_json(result)
     elif result:
+        from spdy_tui.inspect import quality_text  # (imports torch: not at CLI start-up)
+
         measured = result.get("measured_speedup")
         out.print(
             f"target {result['target_speedup']:g}x: predicted {result['predicted_speedup']:.3f}x, "
             f"measured {'-' if measured is None else f'{measured:.3f}x'} (dense baseline: {result['dense_baseline']}); "
-            f"calibration loss {result['loss']['calibration']:.5g}, held-out {result['heldout_metric']} {result['loss']['heldout']:.4f}"
+            f"calibration loss {result['loss']['calibration']:.5g}, held-out "
+            + (quality_text(result["quality"]) if result.get("quality") else f"{result['heldout_metric']} {result['loss']['heldout']:.4f}")
         )
 
 

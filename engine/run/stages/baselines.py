@@ -7,6 +7,7 @@ all layers), each scored on the calibration loss and the held-out metric.
 
 from __future__ import annotations
 
+from engine.model.losses import primary_metric
 from engine.run import products
 from engine.run.context import RunContext
 from engine.search import baselines
@@ -41,12 +42,15 @@ def make(ctx: RunContext) -> None:
             records[name] = {"error": str(exc), "predicted_speedup": None, "loss": {"calibration": None, "heldout": None}}
             continue
         calibration = scorer.loss(allocation.levels)
-        heldout = ctx.heldout_metric(allocation.levels)
+        quality = ctx.heldout_quality(allocation.levels)
+        heldout = primary_metric(quality)
         records[name] = {
             "levels": allocation.levels, "predicted_speedup": allocation.predicted_speedup,
-            "loss": {"calibration": calibration, "heldout": heldout},
+            "loss": {"calibration": calibration, "heldout": heldout}, "quality": quality,
         }
-        ctx.log.emit("baseline", name=name, loss=calibration, heldout=heldout, predicted_speedup=allocation.predicted_speedup)
+        ctx.log.emit(
+            "baseline", name=name, loss=calibration, heldout=heldout, quality=quality, predicted_speedup=allocation.predicted_speedup
+        )
     scorer.stitcher.restore()
     products.write_baselines(ctx.run_dir, records)
     ctx.__dict__.pop("baselines_record", None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from engine.export.result import has_result, write_result
-from engine.model.losses import primary_metric_name
+from engine.model.losses import primary_metric, primary_metric_name
 from engine.run import products
 from engine.run.context import RunContext
 
@@ -39,7 +39,8 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         )
     products.write_final(ctx.run_dir, final)
     ctx.final_model = final.eval()
-    heldout = ctx.heldout_metric(levels, model=final)
+    quality = ctx.heldout_quality(levels, model=final)
+    ctx.log.emit("final", loss=calibration, heldout=primary_metric(quality), quality=quality)
     allocation = problem.allocation([problem.levels[row].index(level) for row, level in enumerate(levels)])
     table = ctx.table
     write_result(ctx.run_dir, {
@@ -48,8 +49,9 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "measured_speedup": None,
         "dense_baseline": table.dense_baseline or "as measured in the supplied table",
         "layers": allocation.as_rows(),
-        "loss": {"calibration": calibration, "heldout": heldout},
+        "loss": {"calibration": calibration, "heldout": primary_metric(quality)},
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
+        "quality": quality,
         "gap": export.gap,
         "baselines": ctx.baselines_record,
         "seed": ctx.profile.run.seed,

@@ -1,0 +1,91 @@
+"""What a fine-tuning was asked for: the options, their defaults and the checks on them.
+
+``Options`` is what the user chose (None: the default, or when resuming what was chosen before);
+``resolve`` turns it into concrete settings.  Two ways to start:
+
+    one-shot   from the run's one-shot reconstructed weights (final.safetensors for the SPDY
+               allocation, the database's cells for a baseline), the masks fixed from the start:
+               training only recovers what the one-shot pruning lost (the default);
+    gradual    from the dense model, magnitude masks on the cubic schedule (``engine.recovery.gmp``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from engine.core.errors import RunError
+from engine.export.schedule import DEFAULT, GMPSchedule
+
+DISTILLATION_LOSSES = ("kl", "cosine", "mse")
+LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
+START_CHOICES = ("one-shot", "gradual")
+STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user chose; None means "the default" (or, when resuming, what was chosen before)."""
+
+    allocation: str = "spdy"
+    start: str | None = None  # one-shot | gradual
+    epochs: int | None = None
+    pruning_end: int | None = None
+    init_sparsity: float | None = None
+    update_frequency: int | None = None
+    loss: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    train_samples: int | None = None  # 0 = all
+    data: str | None = None
+    threads: int | None = None  # not part of what the result means: may change on resume
+
+
+def defaults(profile) -> dict:
+    """Schedule defaults from ``engine.export.schedule.DEFAULT``; Adam at 5e-5 for transformers, 1e-3 otherwise."""
+    transformer = profile.model.source in ("minilm", "hf")
+    return {
+        "allocation": "spdy", "start": "one-shot", "epochs": DEFAULT.num_epochs, "pruning_end": None,
+        "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
+        "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
+        "threads": profile.hardware.threads,
+    }
+
+
+def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
+    """Concrete settings: given options, else (resuming) the stored ones, else the defaults.
+
+    Resuming with a given option that differs from the stored one is refused."""
+    chosen_defaults = defaults(profile)
+    if stored is not None:
+        stored = {"start": "gradual", **stored}  # fine-tunings from before --start existed began dense
+    settings, differ = {}, []
+    for field in fields(Options):
+        given = getattr(options, field.name)
+        before = (stored or {}).get(field.name, chosen_defaults[field.name]) if stored is not None else None
+        if stored is not None and given is not None and given != before and field.name != "threads":
+            differ.append(f"--{field.name.replace('_', '-')} {given} (was {before})")
+        settings[field.name] = given if given is not None else (before if stored is not None else chosen_defaults[field.name])
+    if differ:
+        raise RunError(f"cannot resume {out}: it was started with other settings: {'; '.join(differ)}")
+    if settings["start"] not in START_CHOICES:
+        raise RunError(f"--start must be one of {', '.join(START_CHOICES)}, got {settings['start']!r}")
+    if settings["loss"] not in LOSS_CHOICES:
+        raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
+    if not settings["lr"] > 0:
+        raise RunError(f"--lr must be positive, got {settings['lr']}")
+    if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
+        raise RunError("--batch-size and --threads must be at least 1, --train-samples at least 0")
+    return settings
+
+
+def schedule_of(settings: dict) -> GMPSchedule:
+    try:
+        return GMPSchedule.for_epochs(
+            int(settings["epochs"]), settings["pruning_end"], init_sparsity=float(settings["init_sparsity"]),
+            update_frequency=int(settings["update_frequency"]),
+        )
+    except ValueError as exc:
+        raise RunError(f"--epochs / --pruning-end / --init-sparsity / --update-frequency: {exc}") from None
+
+

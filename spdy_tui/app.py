@@ -24,14 +24,20 @@ from textual.worker import get_current_worker
 
 from engine.core.events import Follower, RunLogError, check_log_start
 from engine.run.runlog import RunState, unreadable_warning
+from engine.run.sweep import is_sweep
+from spdy_tui.compare_screen import MarkRuns
 from spdy_tui.launch import RunProcess, new_run_dir, start_run
 from spdy_tui.panes import AlertPane, AllocationPane, LossPlot, OutcomePane, ProgressPane, StatePane, StatusPane
+from spdy_tui.profile_form import ProfileFormScreen
+from spdy_tui.sweep_screen import StartSweeps, SweepScreen, sweep_dirs, sweep_label
+from spdy_tui.timing_pane import TimingPane
 
 USAGE = """usage: spdy-tui [PROFILE.toml | RUN_DIR]
 
 Terminal UI for SPDY runs.
   PROFILE.toml  start `spdy run PROFILE --out runs/<name>-<time>` in the background and watch it
   RUN_DIR       attach to a run directory (live or finished) and watch or inspect it
+  SWEEP_DIR     watch a sweep (`spdy sweep ... --out SWEEP_DIR`): a row per target
   (nothing)     a start screen listing profiles/*.toml and recent runs/*
 
 Quitting (q) leaves a started run going; `s` stops it. Keys are shown in the footer.
@@ -53,10 +59,10 @@ class PathItem(ListItem):
         self.path = path
 
 
-class StartScreen(Screen):
+class StartScreen(MarkRuns, StartSweeps, Screen):
     """Pick a profile to start a run, or a recent run to attach to."""
 
-    BINDINGS = [Binding("r", "rescan", "Rescan")]
+    BINDINGS = [Binding("r", "rescan", "Rescan"), Binding("n", "new_profile", "New profile"), Binding("e", "edit_profile", "Edit profile")]
 
     class Picked(Message):
         def __init__(self, path: Path):
@@ -69,7 +75,7 @@ class StartScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Label("Enter on a profile starts a run; Enter on a run attaches to it.", id="start-help")
+        yield Label("Enter on a profile starts a run; Enter on a run attaches to it; n makes a profile, e edits one.", id="start-help")
         yield ListView(id="start")
         yield Footer()
 
@@ -85,6 +91,9 @@ class StartScreen(Screen):
         for path in runs:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((path / "events.jsonl").stat().st_mtime))
             listing.append(PathItem(path, f"attach  {path.relative_to(self.root)}  (last event {stamp})"))
+        for path in sweep_dirs(self.root):
+            listing.append(PathItem(path, sweep_label(path, self.root)))
+        self.show_marks()
         if not profiles and not runs:
             listing.append(ListItem(Label(f"no profiles/*.toml or runs/*/events.jsonl under {self.root}"), disabled=True))
         listing.index = 0
@@ -93,6 +102,21 @@ class StartScreen(Screen):
     def on_list_view_selected(self, event: ListView.Selected) -> None:
         if isinstance(event.item, PathItem):
             self.post_message(self.Picked(event.item.path))
+
+    def action_new_profile(self) -> None:
+        self.app.push_screen(ProfileFormScreen(self.root), self.form_closed)
+
+    def action_edit_profile(self) -> None:
+        item = self.query_one("#start", ListView).highlighted_child
+        if not isinstance(item, PathItem) or item.path.suffix != ".toml":
+            self.notify("highlight a profile to edit it (n makes a new one)", severity="warning")
+            return
+        self.app.push_screen(ProfileFormScreen(self.root, item.path), self.form_closed)
+
+    def form_closed(self, saved: Path | None) -> None:
+        """The form was left; with a saved profile (ctrl+r) a run of it starts."""
+        if saved is not None:
+            self.post_message(self.Picked(saved))
 
 
 class ConfirmStopScreen(ModalScreen[bool]):
@@ -115,17 +139,20 @@ class RunScreen(Screen):
         Binding("left_square_bracket,left", "step(-1)", "Prev best", key_display="[ ←", priority=True),
         Binding("right_square_bracket,right", "step(1)", "Next best", key_display="] →", priority=True),
         Binding("f,end", "follow", "Latest"),
+        Binding("t", "toggle_timing", "Timing table"),
         Binding("s", "stop_run", "Stop run"),
+        Binding("r", "resume_run", "Resume run"),
         Binding("escape", "app.pop_screen", "Runs"),
     ]
     cursor: reactive[int | None] = reactive(None)  # index of the best shown; None follows the latest
+    timing_shown: reactive[bool | None] = reactive(None, init=False)  # the timing table in place of the allocation; None: while timing
 
     class LogGrew(Message):
         """New events (possibly none), the run process's exit code and what is wrong with the log, from one poll."""
 
-        def __init__(self, events: list[dict], exit_code: int | None, problems: tuple[str, ...] = ()):
+        def __init__(self, events: list[dict], exit_code: int | None, problems: tuple[str, ...] = (), process: RunProcess | None = None):
             super().__init__()
-            self.events, self.exit_code, self.problems = events, exit_code, problems
+            self.events, self.exit_code, self.problems, self.process = events, exit_code, problems, process
 
     def __init__(self, run_dir: Path, process: RunProcess | None = None):
         super().__init__()
@@ -137,6 +164,7 @@ class RunScreen(Screen):
         yield Header()
         yield StatusPane(id="status")
         with Horizontal(id="body"):
+            yield TimingPane(self.run_dir, id="timing")
             with VerticalScroll(id="allocation-scroll"):
                 yield AllocationPane(id="allocation")
             with Vertical(id="side"):
@@ -146,9 +174,13 @@ class RunScreen(Screen):
         yield AlertPane(id="alerts")
         yield Footer()
 
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 100, "-narrow")  # 80 x 24: the two columns share the width evenly
+
     def on_mount(self) -> None:
         self.sub_title = self.run_dir.name
         self.query_one("#allocation-scroll").border_title = "best allocation"
+        self.query_one("#timing").border_title = "timing table: t toggles"
         self.query_one("#progress").border_title = "progress"
         self.query_one("#loss-plot").border_title = "loss: ⠂ evals ─ best"
         self.query_one("#outcome").border_title = "baselines and speedup"
@@ -159,21 +191,22 @@ class RunScreen(Screen):
     def tail_log(self) -> None:
         """Poll the log every POLL_SECONDS and post what arrived as one message."""
         worker, follower = get_current_worker(), Follower(self.run_dir / "events.jsonl")
-        exit_seen, problems_seen = False, ()
+        exit_seen, problems_seen = None, ()  # the process whose exit was posted (a resumed run is a new one)
         while not worker.is_cancelled:
-            exit_code = self.process.exit_code if self.process else None  # before reading: its last lines are in
+            process = self.process
+            exit_code = process.exit_code if process else None  # before reading: its last lines are in
             events = follower.poll()
             problems = log_problems(follower)
-            if events or (exit_code is not None and not exit_seen) or problems != problems_seen:
-                self.post_message(self.LogGrew(events, exit_code, problems))
-                exit_seen, problems_seen = exit_code is not None, problems
+            if events or (exit_code is not None and exit_seen is not process) or problems != problems_seen:
+                self.post_message(self.LogGrew(events, exit_code, problems, process))
+                exit_seen, problems_seen = process if exit_code is not None else None, problems
             time.sleep(POLL_SECONDS)
 
     def on_run_screen_log_grew(self, message: LogGrew) -> None:
         for event in message.events:
             self.live.apply(event)
         self.query_one(AlertPane).log_problems = message.problems
-        if message.exit_code is not None and self.exit_code is None:
+        if message.exit_code is not None and self.exit_code is None and message.process is self.process:
             self.exit_code = message.exit_code
             self.query_one(AlertPane).process_failure = self._process_failure()
             self.refresh_bindings()
@@ -189,7 +222,22 @@ class RunScreen(Screen):
         for pane in self.query(StatePane):
             pane.state = state
         self.query_one(LossPlot).state = state
+        self.query_one(TimingPane).state = state
         self.query_one(StatusPane).position = self._position()
+        self.watch_timing_shown()
+
+    def watch_timing_shown(self) -> None:
+        """The timing table while the timing stage runs (and no best exists yet), or as toggled with t."""
+        shown = self.timing_shown
+        if shown is None:
+            shown = self.live.stages.get("timings") == "started" and not self.live.best_history
+        timing, allocation = self.query_one(TimingPane), self.query_one("#allocation-scroll")
+        if timing.display != shown:
+            timing.display, allocation.display = shown, not shown
+            (timing.query_one("#timing-table") if shown else allocation).focus()
+
+    def action_toggle_timing(self) -> None:
+        self.timing_shown = not self.query_one(TimingPane).display
 
     def _position(self) -> str:
         count = len(self.live.best_history)
@@ -230,7 +278,19 @@ class RunScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop_run":
             return self.process is not None and self.exit_code is None
+        if action == "resume_run":
+            return self.process is not None and self.exit_code == 130
         return True
+
+    def action_resume_run(self) -> None:
+        """Continue a run this UI stopped: `spdy run PROFILE --out RUN_DIR --resume`, watched here again."""
+        if self.process is None or self.exit_code != 130:
+            return
+        self.process = start_run(self.process.profile, self.run_dir, resume=True)
+        self.exit_code = None
+        self.query_one(AlertPane).process_failure = ()
+        self.refresh_bindings()
+        self.notify("resuming the run from what it has on disk")
 
     def action_stop_run(self) -> None:
         def stop_if_confirmed(stop: bool | None) -> None:
@@ -263,6 +323,9 @@ class SpdyApp(App):
 
     def open(self, path: Path) -> None:
         """Attach to a run directory, or start a run of a profile and attach to its directory."""
+        if is_sweep(path):
+            self.push_screen(SweepScreen(path))
+            return
         if path.is_dir():
             problem = run_directory_problem(path)
             if problem:
@@ -317,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         problem = "expected at most one argument" if len(argv) > 1 else f"{target}: neither a run directory nor a .toml profile"
         print(f"spdy-tui: {problem}\n\n{USAGE}", end="", file=sys.stderr)
         sys.exit(2)
-    if target is not None and target.is_dir() and (problem := run_directory_problem(target)):
+    if target is not None and target.is_dir() and not is_sweep(target) and (problem := run_directory_problem(target)):
         print(f"spdy-tui: {problem}", file=sys.stderr)
         sys.exit(2)
     SpdyApp(target).run()

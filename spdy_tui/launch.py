@@ -63,10 +63,10 @@ def new_run_dir(profile: Path, runs_root: Path) -> Path:
     return candidate
 
 
-def start_run(profile: Path, run_dir: Path, command: list[str] | None = None) -> RunProcess:
-    """Start ``spdy run PROFILE --out RUN_DIR`` (or ``command``) detached; run_dir is left to the run."""
+def start_run(profile: Path, run_dir: Path, command: list[str] | None = None, resume: bool = False) -> RunProcess:
+    """Start ``spdy run PROFILE --out RUN_DIR [--resume]`` (or ``command``) detached; run_dir is left to the run."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    command = command or [sys.executable, "-m", "spdy_tui.cli", "run", str(profile), "--out", str(run_dir)]
+    command = command or [sys.executable, "-m", "spdy_tui.cli", "run", str(profile), "--out", str(run_dir), *(["--resume"] if resume else [])]
     with open(console_log(run_dir, "stdout"), "ab") as stdout, open(console_log(run_dir, "stderr"), "ab") as stderr:
         process = subprocess.Popen(
             command,

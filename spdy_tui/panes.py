@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.run.runlog import Progress, RunState
+from spdy_tui.names import legend, short_names
 from spdy_tui.plot import loss_plot
 
 EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -78,12 +79,12 @@ class StatusPane(StatePane):
         search = Text.assemble(
             f"evals {len(state.evaluations)}",
             f" ({rate:.1f}/s)" if rate else "",
-            "   best loss ",
+            "  best loss ",
             (number(state.best_loss), "bold"),
-            "   predicted ",
+            "  predicted ",
             (number(state.predicted_speedup, ".3f", "x"), "bold"),
-            f"   elapsed {duration(state.elapsed_seconds)}",
-            "   view ",
+            f"  elapsed {duration(state.elapsed_seconds)}",
+            "  view ",
             (self.position, "reverse"),
         )
         lines = [stages, search]
@@ -103,12 +104,15 @@ class ProgressPane(StatePane):
     def _rows(self, title: str, progress: Progress) -> list[Text]:
         if not progress.total:
             return [Text(f"{title:<9} no events yet", style="dim")]
-        percent = f"{100 * progress.fraction:.0f}%"
+        count = f"{progress.done}/{progress.total} {100 * progress.fraction:.0f}%"
         levels = max(progress.per_layer.values(), default=0)
         eta = "done" if progress.done >= progress.total else f"ETA {duration(progress.eta_seconds())}"
+        width = self.content_size.width or 80  # narrow (80 x 24): a shorter bar, so a row stays one line
+        bar_width = max(4, min(20, width - 10 - len(count) - 1))
+        indent = 10 if width >= 10 + 32 else 2
         return [
-            Text(f"{title:<9} {bar(progress.fraction, 20)} {progress.done}/{progress.total} {percent}"),
-            Text(f"{'':<9} {len(progress.per_layer)} layers x ≤{levels} levels · {eta}", style="dim"),
+            Text(f"{title:<9} {bar(progress.fraction, bar_width)} {count}"),
+            Text(f"{'':<{indent}}{len(progress.per_layer)} layers x ≤{levels} levels · {eta}", style="dim"),
         ]
 
 
@@ -120,24 +124,32 @@ class AllocationPane(StatePane):
         if not choices:
             return Text("no allocation yet: the search has not reported a best", style="dim")
         previous = state.best_history[-2]["levels"] if len(state.best_history) > 1 else None
+        narrow = (self.content_size.width or 80) < 60  # 80 x 24: shorter bars leave the names room
+        share_bar = 5 if narrow else 10
         table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
         table.add_column("layer", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
         table.add_column("level", no_wrap=True)
-        table.add_column("sparsity", no_wrap=True)
-        table.add_column("time / budget", no_wrap=True)
+        if not narrow:  # the level is the sparsity; the bar only draws it
+            table.add_column("sparsity", no_wrap=True)
+        table.add_column("budget" if narrow else "time / budget", no_wrap=True)
         table.add_column("Δ", no_wrap=True)
-        for row, choice in enumerate(choices):
+        full_names = [choice.name for choice in choices]
+        shown_names = short_names(full_names)
+        self.tooltip = legend(full_names) or None  # the full name of every shortened one, on hover
+        for row, (choice, shown) in enumerate(zip(choices, shown_names)):
             changed = previous is not None and row < len(previous) and previous[row] != choice.level
-            share = "" if choice.share is None else f"{bar(choice.share, 10)} {100 * choice.share:4.1f}%"
+            share = "" if choice.share is None else f"{bar(choice.share, share_bar)} {100 * choice.share:4.1f}%"
             table.add_row(
-                choice.name,
+                shown,
                 choice.level,
-                bar(choice.sparsity or 0.0, 12),
+                *(() if narrow else (bar(choice.sparsity or 0.0, 12),)),
                 share,
                 Text("•", style="bold yellow") if changed else "",
             )
         best = state.best
         caption = Text(f"eval #{best.get('n')} · loss {number(best.get('loss'))} · {len(state.best_history)} bests so far", style="dim")
+        if shown_names != full_names:
+            caption.append("  · short names: full ones on hover, or t: timing table")
         return Group(caption, table)
 
 
@@ -145,12 +157,18 @@ class OutcomePane(StatePane):
     """The search's best against the baselines, and measured against predicted speedup."""
 
     def describe(self, state: RunState) -> RenderableType:
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("allocation", "loss", "held-out", "speedup"):
+        table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
+        narrow = (self.content_size.width or 80) < 40  # 80 x 24
+        for column in ("allocation", "loss", "held" if narrow else "held-out", "speedup"):
             table.add_column(column, justify="left" if column == "allocation" else "right", no_wrap=True)
-        table.add_row(Text("spdy (best)", style="bold"), number(state.best_loss), "", number(state.predicted_speedup, ".3f", "x"))
+        final = state.final or {}
+        table.add_row(Text("spdy (best)", style="bold"), number(state.best_loss), number(final.get("heldout")),
+                      number(state.predicted_speedup, ".3f", "x"))
         for name, baseline in state.baselines.items():
             table.add_row(name, number(baseline.get("loss")), number(baseline.get("heldout")), number(baseline.get("predicted_speedup"), ".3f", "x"))
+        recall = (final.get("quality") or {}).get("recall_at_10")
+        if recall is not None:
+            table.add_row(Text("spdy neighbour recall@10", style="dim"), "", number(recall), "")
         verify = state.verify
         if verify is None:
             return Group(table, Text("verify: not yet measured", style="dim"))

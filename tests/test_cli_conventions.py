@@ -20,8 +20,8 @@ from spdy_tui.progress import StderrProgress
 from .conftest import TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["check", "layers", "timings", "db", "run", "solve", "verify", "bench", "finetune", "inspect", "env"]
-WITH_RESULT = ["check", "layers", "timings", "db", "run", "solve", "verify", "bench", "finetune", "inspect", "env"]
+COMMANDS = ["check", "layers", "timings", "db", "run", "sweep", "solve", "verify", "bench", "finetune", "inspect", "env"]
+WITH_RESULT = ["check", "layers", "timings", "db", "run", "sweep", "solve", "verify", "bench", "finetune", "inspect", "env"]
 
 
 def invoke(*args):

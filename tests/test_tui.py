@@ -298,3 +298,11 @@ def test_spdy_tui_prints_its_version(capsys):
 
     main(["--version"])
     assert capsys.readouterr().out == f"spdy-tui {version('spdy-tui')}\n"
+
+
+def test_a_resumed_run_is_no_longer_finished_until_it_finishes_again():
+    from engine.run.runlog import RunState
+
+    events = [{"type": "run_started", "profile": {}}, {"type": "run_finished", "status": "interrupted"}]
+    assert RunState.from_events(events).finished == {"type": "run_finished", "status": "interrupted"}
+    assert RunState.from_events([*events, {"type": "run_started", "profile": {}, "resume": True}]).finished is None

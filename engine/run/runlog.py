@@ -106,6 +106,7 @@ class RunState:
     evaluations: list[EvalPoint] = field(default_factory=list)
     best_history: list[dict] = field(default_factory=list)
     baselines: dict[str, dict] = field(default_factory=dict)
+    final: dict | None = None  # the final model's calibration loss and held-out quality
     verify: dict | None = None
     tighten: list[dict] = field(default_factory=list)  # the closed loop's rounds (target tightened, search continued)
     errors: list[str] = field(default_factory=list)
@@ -132,6 +133,7 @@ class RunState:
             self.last_t = t
         if kind == "run_started":
             self.run_started = event
+            self.finished = None  # a resumed run: the earlier run_finished (interrupted) no longer holds
             self.timing.restart_clock()
             self.database.restart_clock()
         elif kind == "stage":
@@ -149,6 +151,8 @@ class RunState:
             self.best_history.append(event)
         elif kind == "baseline":
             self.baselines[str(event.get("name"))] = event
+        elif kind == "final":
+            self.final = event
         elif kind == "verify":
             self.verify = event
         elif kind == "tighten":

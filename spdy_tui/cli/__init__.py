@@ -3,7 +3,7 @@
 stdout carries data (a table, or JSON with --json); stderr carries progress and diagnostics.
 User mistakes end with a one-line message and a documented exit code (``Exit``), never a
 traceback; with --json the error is also a JSON object on stdout. The commands, in the order of
-a run: check, layers, timings, db, run, solve, verify, bench, finetune, inspect, env.
+a run: check, layers, timings, db, run, sweep, solve, verify, bench, finetune, inspect, env.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.markup import escape
 from spdy_tui.cli import check as _check
 from spdy_tui.cli import finetune as _finetune
 from spdy_tui.cli import runs as _runs
+from spdy_tui.cli import sweep as _sweep
 from spdy_tui.cli import tools as _tools
 from spdy_tui.cli.base import Exit, SpdyCommand, SpdyGroup, err, fail
 
@@ -37,6 +38,7 @@ COMMANDS = (
     ("timings", _runs.timings),
     ("db", _runs.db),
     ("run", _runs.run),
+    ("sweep", _sweep.sweep),
     ("solve", _tools.solve),
     ("verify", _runs.verify),
     ("bench", _runs.bench),

@@ -116,6 +116,21 @@ class MagnitudePruner:
         return dense * nm_mask(dense, nm)
 
 
+def damped_hessian(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """H_d = H + damp * mean(diag H) * I in float64, after H_jj = 1 for inputs that are always zero
+    (any weight there is free to prune)."""
+    H = hessian.double().cpu().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return H
+
+
+def inverse_factor(damped: torch.Tensor) -> torch.Tensor:
+    """U, upper triangular with U^T U = H_d^-1."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+
+
 class ObsPruner:
     """One-shot Hessian reconstruction of one layer (the SparseGPT sweep, then a masked refit), levels incremental."""
 
@@ -123,13 +138,9 @@ class ObsPruner:
         self.shape = dense.shape
         self.block_size = block_size
         self.W = weight_matrix(dense).float().cpu()
-        H = hessian.double().cpu().clone()
-        dead = torch.diag(H) == 0  # inputs that are always zero: any weight there is free to prune
-        H[dead, dead] = 1.0
-        H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        H = damped_hessian(hessian, damp)
         self.H = H.float()
-        H_inverse = torch.cholesky_inverse(torch.linalg.cholesky(H))
-        self.U = torch.linalg.cholesky(H_inverse, upper=True).float()
+        self.U = inverse_factor(H).float()
         self.U_blocks = [self.U[a:b, a:b].contiguous().numpy() for a, b in self._blocks(H.shape[0])]
 
     def prune(self, start: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -12,7 +12,8 @@ the feature-major kernel and lands in NCHW order without a transpose; a 1x1 stri
 skips the unfold, since x[n].reshape(C, H*W) already is its column matrix.  The unfold is part
 of the layer's time, as it would be in a real model.
 
-Kernels plug in by name (``KERNELS``): "numba" (``engine.runtime.csr``) and "torch-csr"
+Kernels plug in by name (``KERNELS``): "numba" (``engine.runtime.csr``), "numba-int8"
+(``engine.runtime.csr_int8``: the weight rounded to int8 per row, activations per token) and "torch-csr"
 (``torch.sparse_csr_tensor`` with ``torch.addmm``, for comparison; it needs feature-major input,
 so token-major activations are transposed and the result transposed back, both counted).  A
 kernel packs the pruned weight matrix W (out x in, exact zeros) once and then computes
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.runtime.csr import CSRWeight, spmm, spmm_feature_major
+from engine.runtime.csr_int8 import CSRInt8Weight, sparse_int8_linear_numpy
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ def _torch_csr_feature_major(packed: torch.Tensor, columns: torch.Tensor, bias: 
     return out.reshape(bias.shape[0], batch, pixels).transpose(0, 1).contiguous()
 
 
+def _numba_int8_feature_major(packed: CSRInt8Weight, columns: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    batch, depth, pixels = columns.shape
+    tokens = columns.transpose(1, 2).reshape(batch * pixels, depth)
+    out = sparse_int8_linear_numpy(packed, tokens, bias)
+    return out.reshape(batch, pixels, bias.shape[0]).transpose(1, 2).contiguous()
+
+
 KERNELS: dict[str, SparseKernel] = {
     "numba": SparseKernel(
         "numba", CSRWeight.from_dense, _numba_token_major, _numba_feature_major, lambda packed: packed.nnz,
@@ -82,6 +91,11 @@ KERNELS: dict[str, SparseKernel] = {
     "torch-csr": SparseKernel(
         "torch-csr", _to_torch_csr, _torch_csr_token_major, _torch_csr_feature_major,
         lambda packed: packed.values().numel(),
+    ),
+    # int8 weights (round-to-nearest per row) and per-token int8 activations: engine.runtime.csr_int8
+    "numba-int8": SparseKernel(
+        "numba-int8", CSRInt8Weight.from_float, sparse_int8_linear_numpy, _numba_int8_feature_major,
+        lambda packed: packed.nnz,
     ),
 }
 

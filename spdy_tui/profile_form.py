@@ -34,8 +34,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Label, Select, Static, Switch
 
 from engine.core import atomic
-from engine.core.profile import Profile, ProfileError, describe, from_dict, read_toml
-from engine.core.profile_toml import changed_toml, profile_of_values
+from engine.core.profile import Profile, ProfileError, from_dict, read_toml
+from engine.core.profile_toml import changed_toml, describe, profile_of_values
 from spdy_tui.cli.check import duration, shape
 from spdy_tui.cli.overrides import PATH_KEYS
 from spdy_tui.names import legend, short_names

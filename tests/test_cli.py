@@ -212,7 +212,8 @@ def test_inspect_a_run_at_a_path_with_markup(tmp_path):
 
 def test_verify_threads_overrides_the_runs_hardware_threads(tmp_path, monkeypatch):
     import engine.export.result
-    from engine.core.profile import load_profile, to_toml
+    from engine.core.profile import load_profile
+    from engine.core.profile_toml import to_toml
     from engine.run.stages import verify as verify_stage
 
     run_dir = tmp_path / "run"

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.profile import ProfileError, describe, from_dict, load_profile, to_toml
+from engine.core.profile import ProfileError, from_dict, load_profile
+from engine.core.profile_toml import describe, to_toml
 
 PROFILES = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
 

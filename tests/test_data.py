@@ -194,3 +194,19 @@ def test_heldout_text_that_is_also_calibration_text_is_refused(tmp_path, tokeniz
         build_data(profile(**settings), tokenizer)
     with pytest.raises(DataError, match="data.heldout_path '.*absent.txt': cannot read"):
         build_data(profile(**{**settings, "heldout_path": str(tmp_path / "absent.txt")}), tokenizer)
+
+
+def test_reconstruction_samples_extend_the_calibration_set_for_the_database_only(tokenizer):
+    base = dict(calibration_samples=3, heldout_samples=2, batch_size=2, seq_len=8)
+    plain = build_data(profile(**base), tokenizer)
+    wide = build_data(profile(**base, reconstruction_samples=7), tokenizer)
+    ids = lambda batches: [row.tolist() for batch in batches for row in batch.inputs["input_ids"]]  # noqa: E731
+    # the search's calibration set and the held-out set are unchanged; the database sees 7 samples,
+    # the calibration ones first, in batches of 2 (3 = 2 + 1, then 4 = 2 + 2)
+    assert ids(wide.calibration) == ids(plain.calibration) and ids(wide.heldout) == ids(plain.heldout)
+    assert [len(batch) for batch in wide.calibration] == [2, 1] and [len(batch) for batch in wide.extra] == [2, 2]
+    assert ids(wide.reconstruction)[:3] == ids(plain.calibration) and len(ids(wide.reconstruction)) == 7
+    assert not set(map(tuple, ids(wide.reconstruction))) & set(map(tuple, ids(wide.heldout)))
+    assert plain.extra == [] and plain.reconstruction == plain.calibration
+    with pytest.raises(DataError, match=r"data.reconstruction_samples = 300 takes that many calibration samples"):
+        build_data(from_dict({"model": {"source": "digits"}, "data": {"source": "digits", "reconstruction_samples": 300}}))

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from engine.search import baselines
 from engine.recovery import checkpoint
 from engine.search.budget import make_problem
-from engine.core.profile import load_profile, to_toml
+from engine.core.profile import load_profile
+from engine.core.profile_toml import to_toml
 from engine.core.events import read_events
 from engine.export.files import read_recipe_schedule, read_recipe_targets
 from engine.export.result import write_result

@@ -8,7 +8,8 @@ import pytest
 from textual.widgets import Input, Select, Switch
 
 import spdy_tui.profile_form
-from engine.core.profile import ProfileError, describe, from_dict, load_profile, read_toml
+from engine.core.profile import ProfileError, from_dict, load_profile, read_toml
+from engine.core.profile_toml import describe
 from engine.core.profile_toml import changed_toml, profile_of_values, toml_string, toml_value
 from engine.run.runlog import summarise
 from spdy_tui.app import RunScreen, SpdyApp

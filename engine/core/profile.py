@@ -4,7 +4,8 @@ A profile holds everything a run needs: the model, its data, the target hardware
 grid, how the database is built, the search and the exports.  Every key has a default, a type,
 and where it matters a range or a set of choices, declared once below with ``option(...)``;
 the loader checks them all and reports the file, the key and what was expected.
-``docs/profiles.md`` documents the same declarations (``describe()`` renders them).
+``docs/profiles.md`` documents the same declarations (``engine.core.profile_toml.describe`` renders
+them); ``engine.core.profile_toml`` also owns writing a profile back as TOML.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class DataConfig:
     path: str = option("", "text: file (one sample per line); imagefolder: folder; tensors: .pt/.npy/.safetensors.")
     calibration_samples: int = option(256, "Samples used for calibration (search loss, reconstruction).", min=1)
     heldout_samples: int = option(256, "Held-out samples, never used for calibration (final metrics).", min=0)
+    reconstruction_samples: int = option(0, "Samples whose layer inputs build the database's Hessians (0: the calibration samples; more "
+                                         "is cheap: one forward pass each); the search scores on calibration_samples.", min=0)
     heldout_path: str = option("", "Text models: a text file (one sample per line) to measure the final quality on instead of the "
                                "source's held-out split (its first data.heldout_samples distinct lines; none may be calibration text).")
     batch_size: int = option(32, "Batch size of the calibration and held-out batches.", min=1)
@@ -166,6 +169,8 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
+    sequential: bool = option(False, "obs: rebuild the chosen allocation layer by layer from the inputs of the model with its earlier "
+                              "layers pruned (SparseGPT's sequential mode) instead of stitching the database's dense-input cells.")
     gap: bool = option(False, "Run global AdaPrune on the final stitched model.")
     gap_passes: int = option(2, "Global AdaPrune passes over the calibration set.", min=1)
     gap_lr: float = option(1e-5, "Global AdaPrune Adam learning rate.", min=0.0, min_exclusive=True)
@@ -192,7 +197,7 @@ class Profile:
     notes: tuple[str, ...] = field(default=(), compare=False, metadata={"internal": True})  # e.g. a former key name
 
     def to_dict(self) -> dict:
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in profile_sections()}
 
     def levels(self) -> list[str]:
         """The grid's level labels, ascending in sparsity."""
@@ -203,7 +208,8 @@ class Profile:
         return geometric_levels(self.grid.min_sparsity, self.grid.max_sparsity, self.grid.steps, self.grid.include_dense)
 
 
-def _sections() -> list[dataclasses.Field]:
+def profile_sections() -> list[dataclasses.Field]:
+    """The profile's sections (its dataclass fields that are not internal)."""
     return [f for f in dataclasses.fields(Profile) if not f.metadata.get("internal")]
 
 
@@ -261,7 +267,7 @@ def from_dict(data: dict, source: str = "<dict>") -> Profile:
     """Build a Profile from parsed TOML, checking every key."""
     sections = {}
     notes: list[str] = []
-    known = {f.name: f for f in _sections()}
+    known = {f.name: f for f in profile_sections()}
     for name, body in data.items():
         if name not in known:
             raise ProfileError(f"{source}: unknown section [{name}] (known: {', '.join(known)})")
@@ -355,43 +361,3 @@ def _resolve_paths(profile: Profile, base: Path) -> Profile:
     data = dataclasses.replace(profile.data, path=resolve(profile.data.path), heldout_path=resolve(profile.data.heldout_path))
     hardware = dataclasses.replace(profile.hardware, timings=resolve(profile.hardware.timings))
     return dataclasses.replace(profile, model=model, data=data, hardware=hardware)
-
-
-def to_toml(profile: Profile) -> str:
-    """The resolved profile as TOML (what `spdy check` prints and the run directory keeps)."""
-    lines = []
-    for section, body in profile.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in body.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return repr(value)
-
-
-def describe() -> list[tuple[str, str, str, str]]:
-    """(key, default, allowed, doc) for every profile key, in declaration order."""
-    rows = []
-    for section in _sections():
-        for f in dataclasses.fields(section.default_factory):  # type: ignore[arg-type]
-            meta = f.metadata
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            if meta.get("choices"):
-                allowed = " / ".join(meta["choices"])
-            elif meta.get("min") is not None or meta.get("max") is not None:
-                low = "" if meta.get("min") is None else f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']}"
-                high = "" if meta.get("max") is None else f"<= {meta['max']}"
-                allowed = ", ".join(part for part in (low, high) if part)
-            else:
-                allowed = ""
-            rows.append((f"{section.name}.{f.name}", _toml_value(default), allowed, meta.get("doc", "")))
-    return rows

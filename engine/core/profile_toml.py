@@ -1,7 +1,7 @@
-"""A profile written back as TOML, keeping only what differs from the defaults.
+"""A profile written back as TOML: every key (``to_toml``), or only what differs from the defaults.
 
-``engine.core.profile.to_toml`` writes every key (the resolved profile `spdy check` prints);
-the profile editor writes what a person would: the keys whose value differs from the schema's
+``to_toml`` writes every key (the resolved profile `spdy check` prints and a run directory keeps);
+``changed_toml`` writes what a person would (the profile editor): the keys whose value differs from the schema's
 default, section by section in declaration order, under an optional header of comment lines.
 For every valid profile P and folder F,
 
@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 
-from engine.core.profile import Profile, _resolve_paths, from_dict  # the loader's own path resolution, not a copy
+from engine.core.profile import Profile, _resolve_paths, from_dict, profile_sections  # the loader's own path resolution, not a copy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,3 +100,33 @@ def profile_of_values(values: dict[str, dict[str, object]], path: str | Path) ->
     ProfileError naming ``path`` and the key otherwise."""
     path = Path(path)
     return _resolve_paths(from_dict(tomllib.loads(changed_toml(values)), str(path)), path.parent)
+
+
+def to_toml(profile: Profile) -> str:
+    """The resolved profile as TOML (what `spdy check` prints and the run directory keeps)."""
+    lines = []
+    for section, body in profile.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in body.items():
+            lines.append(f"{key} = {toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(key, default, allowed, doc) for every profile key, in declaration order."""
+    rows = []
+    for section in profile_sections():
+        for f in dataclasses.fields(section.default_factory):  # type: ignore[arg-type]
+            meta = f.metadata
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if meta.get("choices"):
+                allowed = " / ".join(meta["choices"])
+            elif meta.get("min") is not None or meta.get("max") is not None:
+                low = "" if meta.get("min") is None else f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']}"
+                high = "" if meta.get("max") is None else f"<= {meta['max']}"
+                allowed = ", ".join(part for part in (low, high) if part)
+            else:
+                allowed = ""
+            rows.append((f"{section.name}.{f.name}", toml_value(default), allowed, meta.get("doc", "")))
+    return rows

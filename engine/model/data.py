@@ -5,6 +5,10 @@ the calibration set and the last ``data.heldout_samples`` the held-out set, so t
 disjoint and the held-out set does not move when the calibration size changes.  Both are cut
 into batches of ``data.batch_size``.
 
+``data.reconstruction_samples`` (when larger) extends the calibration set for the database's
+Hessians only: the first ``calibration_samples`` of it are what the search scores on, and the rest
+is ``Data.extra``; held-out samples never move.
+
 Sources: ``stdlib-docstrings`` (the default offline corpus: sentences from the docstrings of the
 Python standard library), ``text`` (a file, one sample per line; blank and repeated lines
 dropped), ``imagefolder`` (torchvision ``ImageFolder``, ImageNet preprocessing), ``tensors``
@@ -22,7 +26,7 @@ import pickle
 import random
 import re
 import sysconfig
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,10 +59,17 @@ class Batch:
 class Data:
     calibration: list[Batch]
     heldout: list[Batch]
+    extra: list[Batch] = field(default_factory=list)  # reconstruction samples beyond the calibration set
 
     @property
     def has_labels(self) -> bool:
         return all(batch.labels is not None for batch in self.calibration + self.heldout)
+
+    @property
+    def reconstruction(self) -> list[Batch]:
+        """What the database's Hessians see: the calibration samples, then ``extra``
+        (``data.reconstruction_samples`` in all; the search scores on the calibration samples only)."""
+        return self.calibration + self.extra
 
 
 # ---------------------------------------------------------------------------- splitting
@@ -337,6 +348,28 @@ def build_data(profile: Profile, tokenizer: Any = None, supplied: tuple[list, li
     ``tokenizer`` is the model's (text sources); ``supplied`` is the (calibration, heldout) batches a
     ``model.source = "python"`` function returned (``data.source = "model"``).
     """
+    wanted = max(profile.data.calibration_samples, profile.data.reconstruction_samples)
+    if wanted == profile.data.calibration_samples:
+        return _source_data(profile, tokenizer, supplied)
+    widened = replace(profile, data=replace(profile.data, calibration_samples=wanted))
+    try:
+        data = _source_data(widened, tokenizer, supplied)
+    except DataError as exc:
+        raise DataError(f"{exc} (data.reconstruction_samples = {wanted} takes that many calibration samples)") from None
+    calibration, extra = _cut(data.calibration, profile.data.calibration_samples, profile.data.batch_size)
+    return Data(calibration, data.heldout, extra)
+
+
+def _cut(batches: list[Batch], first: int, batch_size: int) -> tuple[list[Batch], list[Batch]]:
+    """The samples of ``batches`` (in order) as batches of the first ``first`` and batches of the rest."""
+    inputs = {key: torch.cat([b.inputs[key] for b in batches]) for key in batches[0].inputs} if isinstance(
+        batches[0].inputs, dict) else torch.cat([b.inputs for b in batches])
+    labels = None if batches[0].labels is None else torch.cat([b.labels for b in batches])
+    count = len(Batch(inputs))
+    return _batches(inputs, labels, range(first), batch_size), _batches(inputs, labels, range(first, count), batch_size)
+
+
+def _source_data(profile: Profile, tokenizer: Any, supplied: tuple[list, list] | None) -> Data:
     source = profile.data.source
     if source == "stdlib-docstrings":
         return _tokenised(stdlib_sentences(), tokenizer, profile, "the stdlib-docstrings corpus")

@@ -22,7 +22,8 @@ from engine.core import atomic
 from engine.core.environment import describe_environment
 from engine.core.errors import RunError
 from engine.core.events import EventLog, RunLogError, scan_log
-from engine.core.profile import ProfileError, load_profile, to_toml
+from engine.core.profile import ProfileError, load_profile
+from engine.core.profile_toml import to_toml
 from engine.run.context import RunContext
 
 NO_WORK_ENTRIES = {"profile.toml", "events.jsonl"}  # all an attempt leaves that finished no stage

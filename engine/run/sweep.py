@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.core.errors import RunError
-from engine.core.profile import Profile, load_profile, to_toml
+from engine.core.profile import Profile, load_profile
+from engine.core.profile_toml import to_toml
 from engine.export.result import ResultError, has_result, read_json_object, write_json
 from engine.export.tradeoff import MARKDOWN, PNG, read_run_points, write_tradeoff
 from engine.run.directory import open_run

@@ -44,7 +44,7 @@ def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str,
 
     ctx = context(run_dir)
     plan = _PLANS.get(_key(run_dir)) or database_plan(ctx)
-    calibration = [batch.inputs for batch in ctx.data.calibration]
+    calibration = [batch.inputs for batch in ctx.data.reconstruction]
     yield from build_layers(ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed)
 
 
@@ -54,11 +54,11 @@ def built_database_layers(run_dir: str, names: list[str]) -> list[tuple[str, dic
 
 
 def database_plan(ctx: RunContext):
-    """The run's database build plan (digests of every weight and of the calibration inputs), made
+    """The run's database build plan (digests of every weight and of the reconstruction inputs), made
     here and kept for this process's later work items."""
     from engine.database.store import plan_database
 
-    calibration = [batch.inputs for batch in ctx.data.calibration]
+    calibration = [batch.inputs for batch in ctx.data.reconstruction]
     plan = plan_database(
         ctx.loaded, calibration, ctx.loaded.layers, ctx.profile.levels(), ctx.profile.database, ctx.run_dir / "db",
         ctx.profile.run.seed,

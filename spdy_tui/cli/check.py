@@ -91,7 +91,7 @@ def check(
     as_json: bool = json_flag("the resolved profile and the run plan"),
 ) -> None:
     """Validate a profile, print it with every default filled in, and what its run will do."""
-    from engine.core.profile import to_toml
+    from engine.core.profile_toml import to_toml
 
     resolved = load(profile, overrides)
     plan = _plan(resolved)

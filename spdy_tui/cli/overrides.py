@@ -106,7 +106,7 @@ def profile_file(path: Path, overrides: list[str] | tuple[str, ...], profile) ->
     if not overrides:
         yield path
         return
-    from engine.core.profile import to_toml
+    from engine.core.profile_toml import to_toml
 
     with tempfile.TemporaryDirectory(prefix="spdy-set-") as folder:
         file = Path(folder) / path.name

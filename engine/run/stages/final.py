@@ -1,9 +1,12 @@
-"""Stage ``final``: the searched allocation stitched (optionally refined by global AdaPrune) ->
+"""Stage ``final``: the searched allocation stitched, or rebuilt by sequential OBS (``export.sequential``),
+optionally refined by global AdaPrune ->
 ``final.safetensors`` and ``result.json`` (calibration loss, held-out metric, predicted speedup)."""
 
 from __future__ import annotations
 
 import copy
+
+import torch
 
 from engine.export.result import has_result, write_result
 from engine.model.losses import primary_metric, primary_metric_name
@@ -19,6 +22,21 @@ def make(ctx: RunContext) -> None:
     make_final(ctx, ctx.search_record, ctx.problem())
 
 
+def sequential_model(ctx: RunContext, levels: dict[str, str]):
+    """A copy of the model with ``levels`` rebuilt by sequential OBS (``engine.database.sequential``)
+    from the reconstruction samples; layers at the dense level keep their weights."""
+    from engine.database.sequential import rebuild
+
+    loaded, grid = ctx.loaded, ctx.profile.levels()
+    inputs = [batch.inputs for batch in ctx.data.reconstruction]
+    weights = rebuild(loaded, inputs, levels, {name: grid for name in levels}, ctx.profile.database, sequential=True)
+    model = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        for name, weight in weights.items():
+            model.get_submodule(name).weight.copy_(weight)
+    return model
+
+
 def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None) -> None:
     """Stitch ``search``'s allocation (+ global AdaPrune), write final.safetensors and result.json
     (its speedup predicted on ``problem``'s table, its target the profile's)."""
@@ -26,10 +44,13 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     levels = search["levels"]
     scorer = ctx.scorer()
     calibration = scorer.loss(levels)
-    scorer.stitcher.apply(dict(zip(loaded.layer_names, levels)))
-    final = copy.deepcopy(loaded.model)
-    scorer.stitcher.restore()
     export = ctx.profile.export
+    if export.sequential and ctx.profile.database.method == "obs":
+        final = sequential_model(ctx, dict(zip(loaded.layer_names, levels)))
+    else:
+        scorer.stitcher.apply(dict(zip(loaded.layer_names, levels)))
+        final = copy.deepcopy(loaded.model)
+        scorer.stitcher.restore()
     if export.gap:
         from engine.database.gap import global_adaprune
 
@@ -53,6 +74,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
         "quality": quality,
         "gap": export.gap,
+        "sequential": export.sequential and ctx.profile.database.method == "obs",
         "baselines": ctx.baselines_record,
         "seed": ctx.profile.run.seed,
         "evaluations": search["evaluations"],

@@ -213,10 +213,13 @@ class SweepScreen(Screen):
             table.move_cursor(row=min(cursor, len(message.rows) - 1))
         self.query_one("#sweep-status", Static).update(self._status(message))
         self.query_one("#sweep-tradeoff", Static).update(tradeoff_table(message.points))
-        self._plot(message.points)
+        self.call_after_refresh(self._plot, message.points)  # at the pane's size once the layout has settled
 
     def _plot(self, points: list[Point]) -> None:
         pane = self.query_one("#sweep-plot", Static)
+        if not pane.content_size.width or not pane.content_size.height:
+            self.call_after_refresh(self._plot, points)  # not laid out yet
+            return
         metric = (self.record or {}).get("metric") or "held-out"
         data = series(points, "cosine" in metric)
         width, height = max(pane.content_size.width, 30), max(pane.content_size.height - 2, 4)

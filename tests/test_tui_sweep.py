@@ -30,7 +30,9 @@ def finished_sweep(tmp_path, monkeypatch):
 
 
 async def _rows_filled(pilot):
-    await wait_until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 3 and pilot.app.screen.points)
+    screen = pilot.app.screen
+    await wait_until(pilot, lambda: screen.query_one(DataTable).row_count == 3 and screen.points)
+    await wait_until(pilot, lambda: "●" in pane_text(screen.query_one("#sweep-plot")))  # drawn at its laid-out size
     await pilot.pause()
 
 

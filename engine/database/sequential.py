@@ -25,7 +25,7 @@ from torch import nn
 from engine.core.grid import level_sparsity
 from engine.core.profile import DatabaseConfig
 from engine.database.reconstruct import ObsPruner, pruned_levels
-from engine.model.layer_inputs import collect_hessians, hessian_of, padding_mask
+from engine.model.layer_inputs import collect_hessians, hessian_of, padding_mask, real_tokens
 
 if TYPE_CHECKING:
     from engine.model.sources import LoadedModel
@@ -53,11 +53,7 @@ def shared_input_hessians(
                 return  # runs before the first layer: not part of this pass's group
             elif inputs is not state["input"]:
                 raise _PassDone
-            rows = inputs.detach()
-            mask = state["mask"]
-            if mask is not None and rows.dim() == 3 and rows.shape[:2] == mask.shape:
-                rows = rows[mask]
-            hessian = hessian_of(modules[name], rows)
+            hessian = hessian_of(modules[name], real_tokens(inputs.detach(), state["mask"]))
             hessians[name] = hessians[name] + hessian if name in hessians else hessian
 
         return hook

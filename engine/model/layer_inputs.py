@@ -53,6 +53,13 @@ def padding_mask(inputs: Any) -> torch.Tensor | None:
     return mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
+def real_tokens(inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Token inputs (batch, tokens, d) cut to the (real tokens, d) rows of ``mask``; others as they are."""
+    if mask is not None and inputs.dim() == 3 and inputs.shape[:2] == mask.shape:
+        return inputs[mask]
+    return inputs
+
+
 def feed_layer_inputs(
     loaded: LoadedModel,
     calibration_inputs: Sequence[Any],
@@ -69,10 +76,7 @@ def feed_layer_inputs(
 
     def hook_for(name: str):
         def hook(_module, args):
-            inputs = args[0].detach()
-            if mask is not None and inputs.dim() == 3 and inputs.shape[:2] == mask.shape:
-                inputs = inputs[mask]
-            take(name, inputs)
+            take(name, real_tokens(args[0].detach(), mask))
             seen.add(name)
             if len(seen) == len(modules):
                 raise _AllInputsSeen

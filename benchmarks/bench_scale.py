@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_scale.py                    # 72 layers, 6 sparse levels + dense
     .venv/bin/python benchmarks/bench_scale.py --include 'encoder.layer.0.*' --samples 16 --evaluations 4   # a smoke test
+    .venv/bin/python benchmarks/bench_scale.py --profile profiles/minilm-cpu.toml --timings runs/minilm-cpu/timings.json
+                                                                  # the default profile instead
 
 The model is ``model.source = "bert-base-random"`` (12 x 768, 72 Linear layers, seeded random
 weights: the mechanics, not the accuracy).  Timings are measured once, inline and alone (timing
@@ -26,11 +28,12 @@ import time
 from pathlib import Path
 
 from engine.core.profile import RayConfig
-from engine.database.store import Database, record_layer, remove_temporaries
+from engine.database.store import Database
 from engine.executors import open_executor
 from engine.run import workers
 from engine.run.context import RunContext
 from engine.run.pipeline import execute, open_run
+from engine.run.stages import database as database_stage
 
 PROFILE = """
 [run]
@@ -63,13 +66,9 @@ target = 1.0                      # scoring speed is measured, not an allocation
 def build_database(run_dir: Path, count: int) -> dict:
     """Build the run's database on ``count`` Ray workers; seconds, bytes on disk, peak RSS per worker."""
     ctx = RunContext.from_dir(run_dir)
-    remove_temporaries(run_dir / "db")
-    plan = workers.database_plan(ctx)
     executor = open_executor("ray", count, count, RayConfig(), shared=[str(run_dir)])
     started = time.perf_counter()
-    for built in executor.map(workers.built_database_layers, (str(run_dir),), [[name] for name in plan.todo]):
-        for name, entry in built:
-            record_layer(plan.directory, name, entry)
+    database_stage.build(ctx, executor)  # H collected once here, then one layer per work item
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "disk_bytes": Database.open(run_dir / "db").disk_bytes(), "peak_rss": executor.peak_rss_bytes}
 
@@ -103,16 +102,24 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--method", default="obs", choices=["magnitude", "obs"])
     parser.add_argument("--evaluations", type=int, default=24)
+    parser.add_argument("--profile", type=Path, help="run this profile instead of the BERT-base-shaped one "
+                        "(e.g. profiles/minilm-cpu.toml; the layer and grid options then do not apply)")
+    parser.add_argument("--timings", type=Path, help="a timings.json already measured for --profile (not measured again)")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    profile = args.out / "profile.toml"
-    profile.write_text(PROFILE.format(include=json.dumps([args.include]), samples=args.samples, seq_len=args.seq_len,
-                                      steps=args.steps, method=args.method))
+    profile = args.profile or args.out / "profile.toml"
+    if args.profile is None:
+        profile.write_text(PROFILE.format(include=json.dumps([args.include]), samples=args.samples,
+                                          seq_len=args.seq_len, steps=args.steps, method=args.method))
     timed = args.out / "timed"
     started = time.perf_counter()
-    execute(open_run(profile, timed), ("timings",))
-    print(f"timings (inline, alone): {time.perf_counter() - started:.1f} s")
+    if args.timings:
+        open_run(profile, timed)
+        shutil.copy(args.timings, timed / "timings.json")
+    else:
+        execute(open_run(profile, timed), ("timings",))
+        print(f"timings (inline, alone): {time.perf_counter() - started:.1f} s")
     results = {}
     for count in (1, 2):
         run_dir = args.out / f"workers-{count}"

@@ -292,12 +292,16 @@ def _batch_size(inputs: Any) -> int:
 
 
 def layer_pruners(
-    loaded: LoadedModel, calibration_inputs: Sequence[Any], names: list[str], config: DatabaseConfig, seed: int
+    loaded: LoadedModel, calibration_inputs: Sequence[Any], names: list[str], config: DatabaseConfig, seed: int,
+    hessians: dict[str, torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, Pruner, torch.Tensor]]:
-    """(name, pruner, H) for every layer, in order; adaprune keeps one unit's inputs in memory at a time."""
+    """(name, pruner, H) for every layer, in order; adaprune keeps one unit's inputs in memory at a time.
+
+    obs and magnitude use ``hessians`` (name -> H, collected once for a whole build:
+    ``engine.database.hessians``) when given, else collect H for ``names`` in one dense pass."""
     modules = {name: loaded.module(name) for name in names}
     if config.method != "adaprune":
-        hessians = collect_hessians(loaded, calibration_inputs, modules)
+        hessians = dict(hessians) if hessians is not None else collect_hessians(loaded, calibration_inputs, modules)
         for name in names:
             hessian = hessians.pop(name)
             if config.method == "obs":

@@ -156,6 +156,11 @@ class BuildPlan:
     todo: list[str]
 
     @property
+    def hessians_key(self) -> str:
+        """What the build's H depend on: every layer's fingerprint (settings, levels, weight, inputs)."""
+        return digest(self.fingerprints)
+
+    @property
     def total(self) -> int:
         return sum(len(stored) for stored, _ in self.layer_levels.values())
 
@@ -197,12 +202,15 @@ def remove_temporaries(directory: str | os.PathLike) -> None:
 def build_layers(
     loaded: LoadedModel, calibration_inputs: Sequence[Any], names: Sequence[str], plan: BuildPlan, config: DatabaseConfig,
     seed: int = 0, on_cell: Callable[[str, str, float], None] | None = None,
+    hessians: dict[str, torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Build the layers ``names`` of ``plan``: write each layer's file and yield (name, its index entry).
 
     Independent of every other layer's build, so any executor may run any subset anywhere that
-    reads and writes ``plan.directory``; only ``record_layer`` touches the index."""
-    for name, pruner, hessian in layer_pruners(loaded, calibration_inputs, list(names), config, seed):
+    reads and writes ``plan.directory``; only ``record_layer`` touches the index.  ``hessians``:
+    the layers' H when collected once for the whole build (obs, magnitude)."""
+    pruners = layer_pruners(loaded, calibration_inputs, list(names), config, seed, hessians)
+    for name, pruner, hessian in pruners:
         dense = loaded.module(name).weight.detach()
         stored, skipped = plan.layer_levels[name]
         output_error = OutputError(dense, hessian)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from engine.database import hessians
 from engine.run.context import RunContext
 
 _CONTEXTS: dict[str, RunContext] = {}
@@ -45,12 +46,29 @@ def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str,
     ctx = context(run_dir)
     plan = _PLANS.get(_key(run_dir)) or database_plan(ctx)
     calibration = [batch.inputs for batch in ctx.data.reconstruction]
-    yield from build_layers(ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed)
+    shared = hessians.read(plan.directory, names, plan.hessians_key)  # None: collect them here
+    yield from build_layers(
+        ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed, hessians=shared
+    )
 
 
 def built_database_layers(run_dir: str, names: list[str]) -> list[tuple[str, dict]]:
     """``build_database_layers`` as a list (what a worker process sends back)."""
     return list(build_database_layers(run_dir, names))
+
+
+def share_hessians(ctx: RunContext, plan) -> None:
+    """Collect H of every layer still to build once, here, and store them for the work items to
+    read (``engine.database.hessians``): without it each one-layer item repeats the dense pass."""
+    from engine.model.layer_inputs import collect_hessians
+
+    if ctx.profile.database.method == "adaprune" or not plan.todo:
+        return
+    if hessians.covers(plan.directory, plan.todo, plan.hessians_key):
+        return  # a killed build's file, still current
+    calibration = [batch.inputs for batch in ctx.data.reconstruction]
+    modules = {name: ctx.loaded.module(name) for name in plan.todo}
+    hessians.write(plan.directory, collect_hessians(ctx.loaded, calibration, modules), plan.hessians_key)
 
 
 def database_plan(ctx: RunContext):

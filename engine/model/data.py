@@ -20,12 +20,8 @@ in order).  Text is tokenised by the model's own tokenizer to ``data.seq_len`` t
 
 from __future__ import annotations
 
-import ast
-import functools
 import pickle
 import random
-import re
-import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 
 from engine.core.profile import Profile
+from engine.model.corpus import normalise, stdlib_sentences
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 # What torch.load / numpy.load / safetensors raise on a missing, truncated or foreign file.
@@ -110,59 +107,13 @@ def _split(inputs: Inputs, labels: torch.Tensor | None, profile: Profile, what: 
 
 
 # ---------------------------------------------------------------------------- text
-_SKIPPED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings", "pydoc_data"}
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-MIN_SENTENCE_CHARS = 40
-_CODE_CHARACTERS = set("=[]{}<>#|`*\\")
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _is_prose(sentence: str) -> bool:
-    """Long enough, mostly letters, no code characters: drops examples, tables and signatures."""
-    letters = sum(char.isalpha() or char == " " for char in sentence)
-    return len(sentence) >= MIN_SENTENCE_CHARS and letters >= 0.85 * len(sentence) and not _CODE_CHARACTERS & set(sentence)
-
-
-def docstring_sentences(root: Path) -> tuple[str, ...]:
-    """Unique prose sentences from the docstrings of the Python sources under ``root``, in a fixed order.
-
-    Source files are parsed with ``ast`` (nothing is imported or executed) in sorted path order;
-    module, class and function docstrings are split into paragraphs, then sentences, whitespace
-    is normalised, and sentences that are short or not prose are dropped; duplicates keep their
-    first occurrence.  Generated modules (encodings, pydoc_data) and test suites are skipped.
-    """
-    files = sorted(path for path in root.rglob("*.py") if not _SKIPPED_STDLIB_PARTS & set(path.relative_to(root).parts[:-1]))
-    unique: dict[str, None] = {}
-    for path in files:
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError, OSError):
-            continue  # e.g. lib2to3 grammar fixtures written for Python 2
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                for paragraph in (ast.get_docstring(node) or "").split("\n\n"):
-                    for sentence in _SENTENCE_END.split(_normalise(paragraph)):
-                        if _is_prose(sentence):
-                            unique.setdefault(sentence)
-    return tuple(unique)
-
-
-@functools.lru_cache(maxsize=1)
-def stdlib_sentences() -> tuple[str, ...]:
-    """The default offline corpus: docstring sentences of this Python's standard library (~12k for 3.11)."""
-    return docstring_sentences(Path(sysconfig.get_paths()["stdlib"]))
-
-
 def text_lines(path: str | Path, what: str) -> list[str]:
     """The distinct non-blank lines of a text file, whitespace normalised; ``what`` names the file in errors."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{what}: cannot read the text file: {exc}") from None
-    return list(dict.fromkeys(line for line in map(_normalise, text.splitlines()) if line))
+    return list(dict.fromkeys(line for line in map(normalise, text.splitlines()) if line))
 
 
 def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: str) -> Data:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from engine.core import atomic
+from engine.core.environment import cache_dir
 from engine.core.profile import Profile
 from engine.model.data import TENSOR_FILE_ERRORS, Data, build_data, digits_split
 
@@ -323,11 +324,6 @@ def train_digits_cnn(seed: int, epochs: int = 15, batch_size: int = 32) -> nn.Se
     finally:
         torch.set_num_threads(threads)
     return model.eval()
-
-
-def cache_dir() -> Path:
-    """Where trained models are kept: ``$SPDY_CACHE_DIR``, else ``~/.cache/spdy-tui``."""
-    return Path(os.environ.get("SPDY_CACHE_DIR") or Path.home() / ".cache" / "spdy-tui")
 
 
 def load_digits_cnn(seed: int) -> LoadedModel:

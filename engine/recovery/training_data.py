@@ -25,9 +25,9 @@ from engine.model.data import (
     DataError,
     digits_split,
     read_tensor_file,
-    stdlib_sentences,
     text_lines,
 )
+from engine.model.corpus import stdlib_sentences
 from engine.model.losses import heldout_metrics
 from engine.core.errors import RunError
 

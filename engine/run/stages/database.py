@@ -5,13 +5,15 @@ are built by the profile's database executor (``database.executor``, ``engine.ex
 independently; the main process records each finished layer in the index and logs its levels'
 ``db`` events, so a killed build resumes where it was, whatever the executor.  An executor that
 builds one layer per work item gets the layers' H collected once here and stored beside the
-database (``engine.database.hessians``), removed when the build is done.
+database (``engine.database.hessians``), removed when the build is done, and the layers largest
+first (``build_cost``), so no worker is left with a large layer while the others idle at the end;
+the index lists them in the model's order all the same.
 """
 
 from __future__ import annotations
 
 from engine.database import hessians
-from engine.database.store import Database, record_layer, remove_temporaries
+from engine.database.store import Database, build_cost, record_layer, remove_temporaries
 from engine.executors import open_executor
 from engine.run import workers
 from engine.run.context import RunContext
@@ -38,10 +40,11 @@ def build(ctx: RunContext, executor) -> None:
         function, chunks = workers.build_database_layers, [plan.todo]
     else:
         workers.share_hessians(ctx, plan)  # once here, not once per one-layer work item
-        function, chunks = workers.built_database_layers, [[name] for name in plan.todo]
+        largest_first = sorted(plan.todo, key=lambda name: build_cost(tuple(ctx.loaded.module(name).weight.shape)), reverse=True)
+        function, chunks = workers.built_database_layers, [[name] for name in largest_first]
     for built in executor.map(function, (str(ctx.run_dir),), chunks):
         for name, entry in built:
-            record_layer(plan.directory, name, entry)
+            record_layer(plan.directory, name, entry, order=ctx.loaded.layer_names)
             for level in entry["levels"]:
                 done += 1
                 ctx.log.emit("db", layer=name, level=level, error=entry["errors"][level], done=done, total=plan.total)

@@ -74,8 +74,8 @@ class DataConfig:
     seq_len: int = option(128, "Text models: tokens per sample (padded/truncated).", min=1, max=8192)
     trim_padding: bool = option(
         True,
-        "Text models: score calibration batches grouped by length and cut to their longest sample "
-        "(the same loss up to float rounding, less work on short samples).",
+        "Text models: score calibration batches, and collect the database's Hessians, over batches grouped "
+        "by length and cut to their longest sample (the same result up to float rounding, less work on short samples).",
     )
     image_size: int = option(224, "imagefolder: images are resized and centre-cropped to this size.", min=1)
 

@@ -129,6 +129,16 @@ class RunContext:
             table = table.subset(self.loaded.layer_names)
         return make_problem(table, target or self.profile.search.target, self.profile.search.skip)
 
+    @cached_property
+    def reconstruction_inputs(self) -> list:
+        """What the database's H (and the sequential rebuild) are collected over: the reconstruction
+        samples, with ``data.trim_padding`` regrouped shortest first and cut to each batch's longest
+        sample (``trimmed_by_length``): padding never reaches H, so the dense pass need not compute it."""
+        batches = self.data.reconstruction
+        if self.profile.data.trim_padding:
+            batches = trimmed_by_length(batches)
+        return [batch.inputs for batch in batches]
+
     def scorer(self) -> ModelScorer:
         """A scorer of allocations by calibration loss, on this process's stitcher."""
         loaded, data, search = self.loaded, self.data, self.profile.search

@@ -45,7 +45,7 @@ def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str,
 
     ctx = context(run_dir)
     plan = _PLANS.get(_key(run_dir)) or database_plan(ctx)
-    calibration = [batch.inputs for batch in ctx.data.reconstruction]
+    calibration = ctx.reconstruction_inputs
     shared = hessians.read(plan.directory, names, plan.hessians_key)  # None: collect them here
     yield from build_layers(
         ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed, hessians=shared
@@ -66,7 +66,7 @@ def share_hessians(ctx: RunContext, plan) -> None:
         return
     if hessians.covers(plan.directory, plan.todo, plan.hessians_key):
         return  # a killed build's file, still current
-    calibration = [batch.inputs for batch in ctx.data.reconstruction]
+    calibration = ctx.reconstruction_inputs
     modules = {name: ctx.loaded.module(name) for name in plan.todo}
     hessians.write(plan.directory, collect_hessians(ctx.loaded, calibration, modules), plan.hessians_key)
 
@@ -76,7 +76,7 @@ def database_plan(ctx: RunContext):
     here and kept for this process's later work items."""
     from engine.database.store import plan_database
 
-    calibration = [batch.inputs for batch in ctx.data.reconstruction]
+    calibration = ctx.reconstruction_inputs
     plan = plan_database(
         ctx.loaded, calibration, ctx.loaded.layers, ctx.profile.levels(), ctx.profile.database, ctx.run_dir / "db",
         ctx.profile.run.seed,

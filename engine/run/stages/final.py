@@ -28,7 +28,7 @@ def sequential_model(ctx: RunContext, levels: dict[str, str]):
     from engine.database.sequential import rebuild
 
     loaded, grid = ctx.loaded, ctx.profile.levels()
-    inputs = [batch.inputs for batch in ctx.data.reconstruction]
+    inputs = ctx.reconstruction_inputs
     weights = rebuild(loaded, inputs, levels, {name: grid for name in levels}, ctx.profile.database, sequential=True)
     model = copy.deepcopy(loaded.model)
     with torch.no_grad():

@@ -66,3 +66,18 @@ def _threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_query_key_and_value_share_one_product_and_it_is_the_one_each_gets_alone():
+    from engine.model.layer_inputs import collect_hessians
+
+    from .test_database import minilm_and_inputs
+
+    loaded, inputs = minilm_and_inputs()
+    names = [f"encoder.layer.0.attention.self.{part}" for part in ("query", "key", "value")] + ["encoder.layer.0.output.dense"]
+    together = collect_hessians(loaded, inputs, {name: loaded.module(name) for name in names})
+    for name in names:
+        alone = collect_hessians(loaded, inputs, {name: loaded.module(name)})[name]
+        assert torch.equal(together[name], alone), name
+    assert torch.equal(together[names[0]], together[names[1]]) and torch.equal(together[names[0]], together[names[2]])
+    assert not torch.equal(together[names[0]][:384, :384], together[names[3]][:384, :384])

@@ -69,14 +69,18 @@ def feed_layer_inputs(
     """Run the dense model over the calibration batches, handing each wanted layer's input to ``take``.
 
     Token inputs (batch, tokens, d) of a batch with an ``attention_mask`` are handed over as the
-    (real tokens, d) rows only.
+    (real tokens, d) rows only; layers fed the same tensor are handed the same rows object.
     """
     seen: set[str] = set()
     mask: torch.Tensor | None = None  # the current batch's real tokens, read by the hooks
 
+    cut: list = [None, None]  # (a layer's input, its real-token rows): layers fed the same tensor get the same rows
+
     def hook_for(name: str):
         def hook(_module, args):
-            take(name, real_tokens(args[0].detach(), mask))
+            if args[0] is not cut[0]:
+                cut[:] = (args[0], real_tokens(args[0].detach(), mask))
+            take(name, cut[1])
             seen.add(name)
             if len(seen) == len(modules):
                 raise _AllInputsSeen
@@ -101,11 +105,18 @@ def feed_layer_inputs(
 def collect_hessians(
     loaded: LoadedModel, calibration_inputs: Sequence[Any], modules: dict[str, nn.Module]
 ) -> dict[str, torch.Tensor]:
-    """H = 2 X X^T of every layer, accumulated over the calibration batches in one dense pass."""
+    """H = 2 X X^T of every layer, accumulated over the calibration batches in one dense pass; Linear
+    layers handed the very same input tensor (a block's query, key and value) share one product."""
     hessians: dict[str, torch.Tensor] = {}
+    last: list = [None, None]  # (inputs, their H) of the latest Linear: query, key and value share one input
 
     def accumulate(name: str, inputs: torch.Tensor) -> None:
-        hessian = hessian_of(modules[name], inputs)
+        module = modules[name]
+        if isinstance(module, nn.Linear) and inputs is last[0]:
+            hessian = last[1]
+        else:
+            hessian = hessian_of(module, inputs)
+            last[:] = (inputs, hessian) if isinstance(module, nn.Linear) else (None, None)
         hessians[name] = hessians[name] + hessian if name in hessians else hessian
 
     if modules:

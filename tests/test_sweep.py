@@ -174,3 +174,16 @@ def test_digits_sweep_builds_once_runs_each_target_and_resumes_after_an_interrup
     assert record["metric"] == "accuracy" and "| target-2 | uniform |" in (out / "tradeoff.md").read_text()
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(Path(out).rglob("*.tmp"))
+
+
+def test_a_resume_with_every_run_done_refreshes_the_tradeoff_with_a_later_bench(tmp_path, stand_in_runs):
+    profile = write_profile(tmp_path)
+    sweep(profile, (1.5,), tmp_path / "sweep")
+    assert "onnxruntime" not in (tmp_path / "sweep" / "tradeoff.md").read_text()
+    bench = {"rows": [{"runtime": "onnxruntime-int8", "speedup": 2.1, "cosine_mean": 0.99}]}
+    (tmp_path / "sweep" / "target-1.5" / "bench.json").write_text(json.dumps(bench))  # `spdy bench` ran since
+    stand_in_runs.clear()
+    sweep(profile, (1.5,), tmp_path / "sweep", resume=True)
+    assert stand_in_runs == []
+    rows = (tmp_path / "sweep" / "tradeoff.md").read_text().splitlines()
+    assert "| target-1.5 | onnxruntime-int8 | 1.5x | — | 2.100x | — | 0.9900 |" in rows

@@ -152,6 +152,7 @@ class Sweep:
                     continue
                 self.on_note(f"target {run['target']:g}x ({number} of {len(self.record['runs'])}): {self.out / run['dir']}")
                 self._target(run, Path(folder))
+        self._write_tradeoff()  # also on a resume with every run done: `spdy bench` may have added ONNX Runtime points
         return self.record
 
     def _shared(self, folder: Path) -> None:

@@ -38,7 +38,7 @@ def test_work_items_use_the_shared_hessians_and_build_what_a_single_pass_builds(
     workers.adopt(ctx)
     plan = workers.database_plan(ctx)
     workers.share_hessians(ctx, plan)
-    assert hessians.covers(plan.directory, plan.todo, plan.hessians_key)
+    assert hessians.covers(plan.directory, plan.todo, hessians.key(plan.fingerprints))
 
     def no_second_pass(*_args, **_kwargs):
         raise AssertionError("a work item collected H again")

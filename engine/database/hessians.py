@@ -14,6 +14,8 @@ a killed build's file is reused when the build resumes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -23,6 +25,12 @@ from safetensors.torch import save as safetensors_bytes
 from engine.core import atomic
 
 FILE = "hessians.safetensors"
+
+
+def key(fingerprints: dict[str, str]) -> str:
+    """What a build's H depend on: every layer's fingerprint (``BuildPlan.fingerprints``: settings,
+    levels, the dense weight, the reconstruction inputs), digested."""
+    return hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()
 
 
 def write(directory: Path, hessians: dict[str, torch.Tensor], key: str) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -157,11 +156,6 @@ class BuildPlan:
     todo: list[str]
 
     @property
-    def hessians_key(self) -> str:
-        """What the build's H depend on: every layer's fingerprint (settings, levels, weight, inputs)."""
-        return digest(self.fingerprints)
-
-    @property
     def total(self) -> int:
         return sum(len(stored) for stored, _ in self.layer_levels.values())
 
@@ -230,12 +224,6 @@ def build_layers(
             "sha256": hashlib.sha256(data).hexdigest(), "fingerprint": plan.fingerprints[name],
             "settings": plan.settings, "errors": errors,
         }
-
-
-def build_cost(weight_shape: tuple[int, ...]) -> int:
-    """A layer's build work, relatively: rows x columns^2 (OBS updates every row against the inverse
-    Hessian of its columns), to hand the largest layers out first."""
-    return weight_shape[0] * math.prod(weight_shape[1:]) ** 2
 
 
 def record_layer(directory: Path, name: str, entry: dict, order: Sequence[str] = ()) -> None:

@@ -46,7 +46,7 @@ def build_database_layers(run_dir: str, names: list[str]) -> Iterator[tuple[str,
     ctx = context(run_dir)
     plan = _PLANS.get(_key(run_dir)) or database_plan(ctx)
     calibration = ctx.reconstruction_inputs
-    shared = hessians.read(plan.directory, names, plan.hessians_key)  # None: collect them here
+    shared = hessians.read(plan.directory, names, hessians.key(plan.fingerprints))  # None: collect them here
     yield from build_layers(
         ctx.loaded, calibration, names, plan, ctx.profile.database, ctx.profile.run.seed, hessians=shared
     )
@@ -64,11 +64,11 @@ def share_hessians(ctx: RunContext, plan) -> None:
 
     if ctx.profile.database.method == "adaprune" or not plan.todo:
         return
-    if hessians.covers(plan.directory, plan.todo, plan.hessians_key):
+    if hessians.covers(plan.directory, plan.todo, hessians.key(plan.fingerprints)):
         return  # a killed build's file, still current
     calibration = ctx.reconstruction_inputs
     modules = {name: ctx.loaded.module(name) for name in plan.todo}
-    hessians.write(plan.directory, collect_hessians(ctx.loaded, calibration, modules), plan.hessians_key)
+    hessians.write(plan.directory, collect_hessians(ctx.loaded, calibration, modules), hessians.key(plan.fingerprints))
 
 
 def database_plan(ctx: RunContext):

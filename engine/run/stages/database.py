@@ -12,8 +12,10 @@ the index lists them in the model's order all the same.
 
 from __future__ import annotations
 
+import math
+
 from engine.database import hessians
-from engine.database.store import Database, build_cost, record_layer, remove_temporaries
+from engine.database.store import Database, record_layer, remove_temporaries
 from engine.executors import open_executor
 from engine.run import workers
 from engine.run.context import RunContext
@@ -28,6 +30,12 @@ def make(ctx: RunContext) -> None:
     build(ctx, open_executor(
         config.executor, config.workers, ctx.profile.hardware.threads, ctx.profile.ray, shared=[str(ctx.run_dir)],
     ))
+
+
+def build_cost(weight_shape: tuple[int, ...]) -> int:
+    """A layer's build work, relatively: rows x columns^2 (OBS updates every row against the inverse
+    Hessian of its columns), to hand the largest layers out first."""
+    return weight_shape[0] * math.prod(weight_shape[1:]) ** 2
 
 
 def build(ctx: RunContext, executor) -> None:

@@ -132,6 +132,7 @@ def test_progress_prints_user_text_as_written():
 INTERRUPT = textwrap.dedent("""
     import atexit, os, signal, sys
     mode, after = sys.argv[1], []
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal: a job started in the background inherits SIGINT ignored
 
     class Interrupter:  # Ctrl-C the moment `import torch` starts
         fired = False

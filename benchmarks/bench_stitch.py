@@ -68,7 +68,6 @@ def main() -> None:
     torch.set_num_threads(ctx.profile.hardware.threads)
     events = [e for e in read_events(args.run_dir / "events.jsonl") if e["type"] == "eval"][: args.evaluations]
     names = ctx.loaded.layer_names
-    compact = TimedDatabase.open(args.run_dir / "db")
     decoded = TimedDatabase.open(args.run_dir / "db", cache_bytes=1 << 40)
     used = {(name, level) for event in events for name, level in zip(names, event["levels"])}
     for name, level in sorted(used):
@@ -79,10 +78,8 @@ def main() -> None:
     results = {"compact": [], "decoded": []}
     losses = {}
     for _ in range(args.rounds):
+        compact = TimedDatabase.open(args.run_dir / "db")  # every round starts from an empty LRU, as a search does
         for mode, database in (("compact", compact), ("decoded", decoded)):
-            if mode == "compact":
-                database._cache.clear()  # every round starts from an empty LRU, as a search does
-                database._cached_bytes = 0
             seconds, in_get, losses[mode] = replay(ctx, scorer, database, events)
             results[mode].append((seconds / len(events), in_get / len(events)))
     ctx.stitcher.restore()

@@ -39,22 +39,27 @@ def write(directory: Path, hessians: dict[str, torch.Tensor], key: str) -> None:
     atomic.write_bytes(Path(directory) / FILE, data)
 
 
-def covers(directory: Path, names: list[str], key: str) -> bool:
-    """The stored file is current (``key``) and holds H of every one of ``names``."""
+def _open_current(directory: Path, names: list[str], key: str):
+    """The stored file opened, if it is current (``key``) and holds H of every one of ``names``; else None."""
     path = Path(directory) / FILE
     if not path.is_file():
-        return False
-    with safe_open(path, framework="pt") as handle:
-        return (handle.metadata() or {}).get("key") == key and set(names) <= set(handle.keys())
+        return None
+    handle = safe_open(path, framework="pt")
+    if (handle.metadata() or {}).get("key") == key and set(names) <= set(handle.keys()):
+        return handle
+    return None
+
+
+def covers(directory: Path, names: list[str], key: str) -> bool:
+    """The stored file is current (``key``) and holds H of every one of ``names``."""
+    return _open_current(directory, names, key) is not None
 
 
 def read(directory: Path, names: list[str], key: str) -> dict[str, torch.Tensor] | None:
     """H of each of ``names`` from the stored file, or None when it does not cover them for ``key``
     (missing, stale, or without one of the layers): the caller then collects its own."""
-    if not covers(directory, names, key):
-        return None
-    with safe_open(Path(directory) / FILE, framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in names}
+    handle = _open_current(directory, names, key)
+    return None if handle is None else {name: handle.get_tensor(name) for name in names}
 
 
 def remove(directory: Path) -> None:

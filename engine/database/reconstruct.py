@@ -291,6 +291,11 @@ def _batch_size(inputs: Any) -> int:
     return int(first.shape[0])
 
 
+def needs_hessians(config: DatabaseConfig) -> bool:
+    """obs and magnitude prune from H = 2 X X^T alone; adaprune fits to the inputs X themselves."""
+    return config.method != "adaprune"
+
+
 def layer_pruners(
     loaded: LoadedModel, calibration_inputs: Sequence[Any], names: list[str], config: DatabaseConfig, seed: int,
     hessians: dict[str, torch.Tensor] | None = None,
@@ -300,7 +305,7 @@ def layer_pruners(
     obs and magnitude use ``hessians`` (name -> H, collected once for a whole build:
     ``engine.database.hessians``) when given, else collect H for ``names`` in one dense pass."""
     modules = {name: loaded.module(name) for name in names}
-    if config.method != "adaprune":
+    if needs_hessians(config):
         hessians = dict(hessians) if hessians is not None else collect_hessians(loaded, calibration_inputs, modules)
         for name in names:
             hessian = hessians.pop(name)

@@ -60,15 +60,16 @@ def built_database_layers(run_dir: str, names: list[str]) -> list[tuple[str, dic
 def share_hessians(ctx: RunContext, plan) -> None:
     """Collect H of every layer still to build once, here, and store them for the work items to
     read (``engine.database.hessians``): without it each one-layer item repeats the dense pass."""
+    from engine.database.reconstruct import needs_hessians
     from engine.model.layer_inputs import collect_hessians
 
-    if ctx.profile.database.method == "adaprune" or not plan.todo:
+    if not needs_hessians(ctx.profile.database) or not plan.todo:
         return
-    if hessians.covers(plan.directory, plan.todo, hessians.key(plan.fingerprints)):
+    key = hessians.key(plan.fingerprints)
+    if hessians.covers(plan.directory, plan.todo, key):
         return  # a killed build's file, still current
-    calibration = ctx.reconstruction_inputs
     modules = {name: ctx.loaded.module(name) for name in plan.todo}
-    hessians.write(plan.directory, collect_hessians(ctx.loaded, calibration, modules), hessians.key(plan.fingerprints))
+    hessians.write(plan.directory, collect_hessians(ctx.loaded, ctx.reconstruction_inputs, modules), key)
 
 
 def database_plan(ctx: RunContext):

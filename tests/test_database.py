@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from engine.core.profile import DatabaseConfig, from_dict
-from engine.database.store import Database, Stitcher, build_database, layer_file_name
+from engine.database.stitch import Stitcher
+from engine.database.store import Database, build_database, layer_file_name
 from engine.core.grid import NM, level_sparsity, parse_nm
 from engine.model.layer_inputs import collect_hessians, collect_inputs
 from engine.core.masks import satisfies_nm

@@ -11,13 +11,13 @@ from engine.export.files import (
     read_recipe_schedule,
     read_recipe_targets,
     write_profile_txt,
-    write_pruned_weights,
     write_recipe,
     write_report,
     write_torchao_config,
 )
 from engine.core.grid import level_sparsity
 from engine.export.result import read_result, write_result
+from engine.export.weights import write_pruned_weights
 from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
 from engine.export.schedule import GMPSchedule
 

@@ -9,7 +9,15 @@ With the defaults (0.40, 0.99, 40 steps) plus the dense level this gives exactly
 levels of the original release, labelled with 4 decimals ("0.0000", "0.4000", ..., "0.9900").
 
 N:M levels ("2:4") keep N of every M consecutive weights along the input dimension; their
-sparsity is 1 - N/M. A level is identified everywhere (tables, database, results) by its label.
+sparsity is 1 - N/M.
+
+int8 levels ("q8:0.0000", "q8:0.8911") are an fp32 level's mask with the kept weights on a symmetric
+per-output-channel int8 grid and the layer's input quantized per token at run time
+(``engine.runtime.int8``); their sparsity is that of the level after "q8:".  Only unstructured
+levels of the grid take the prefix, and "q8:0.0000" is dense int8.
+
+A level is identified everywhere (tables, database, results) by its label.  ``DENSE`` is the one
+level that leaves a layer as it was (fp32, dense); every other level changes its weights.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 DENSE = "0.0000"
+INT8 = "q8:"  # the prefix of an int8 level
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -53,8 +62,30 @@ def level_label(sparsity: float) -> str:
     return f"{sparsity:.4f}"
 
 
+def is_int8(label: str) -> bool:
+    """True for an int8 level ("q8:0.0000", "q8:0.7844")."""
+    return label.startswith(INT8)
+
+
+def int8_level(label: str) -> str:
+    """The int8 level on the mask of the unstructured level ``label``: "0.7844" -> "q8:0.7844"."""
+    if is_int8(label) or parse_nm(label) is not None:
+        raise ValueError(f"only unstructured fp32 levels have an int8 form, not {label!r}")
+    level_sparsity(label)
+    return INT8 + label
+
+
+def mask_level(label: str) -> str:
+    """The fp32 level whose mask an int8 level keeps ("q8:0.7844" -> "0.7844"); other levels as they are."""
+    return label[len(INT8):] if is_int8(label) else label
+
+
 def level_sparsity(label: str) -> float:
-    """Fraction of zero weights of a level given by its label ("0.7844" or "2:4")."""
+    """Fraction of zero weights of a level given by its label ("0.7844", "2:4" or "q8:0.7844")."""
+    if is_int8(label):
+        label = mask_level(label)
+        if parse_nm(label) is not None:
+            raise ValueError(f"int8 level {INT8 + label!r}: only unstructured levels have an int8 form")
     nm = parse_nm(label)
     if nm is not None:
         return nm.sparsity
@@ -91,6 +122,19 @@ def nm_levels(n: int = 2, m: int = 4, include_dense: bool = True) -> list[str]:
     return ([DENSE] if include_dense else []) + [NM(n, m).label]
 
 
+def with_int8(levels: list[str], sparsities: list[float]) -> list[str]:
+    """``levels`` plus the int8 form of the level nearest each of ``sparsities`` (dense for 0), ascending.
+
+    >>> with_int8(["0.0000", "0.5000", "0.7500"], [0.0, 0.7])
+    ['0.0000', 'q8:0.0000', '0.5000', '0.7500', 'q8:0.7500']
+    """
+    unstructured = [level for level in levels if parse_nm(level) is None and not is_int8(level)]
+    if not unstructured:
+        raise ValueError("int8 levels need unstructured levels to take their masks from")
+    chosen = {min(unstructured, key=lambda level: abs(level_sparsity(level) - sparsity)) for sparsity in sparsities}
+    return sort_levels(list(levels) + [int8_level(level) for level in chosen if int8_level(level) not in levels])
+
+
 def sort_levels(labels: list[str]) -> list[str]:
-    """Labels ordered by ascending sparsity (the order the DP visits choices in)."""
-    return sorted(labels, key=level_sparsity)
+    """Labels ordered by ascending sparsity, an int8 level right after the fp32 level of its mask."""
+    return sorted(labels, key=lambda label: (level_sparsity(label), is_int8(label)))

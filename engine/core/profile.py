@@ -125,6 +125,10 @@ class GridConfig:
     include_dense: bool = option(True, "Offer the dense level to every layer.")
     n: int = option(2, "N of N:M.", min=1)
     m: int = option(4, "M of N:M.", min=2)
+    int8: bool = option(False, "Also offer int8 choices (unstructured pattern): int8 weights per output channel, activations per token.")
+    int8_sparsities: list[float] = option(
+        [0.0, 0.5, 0.75, 0.9], "int8: on the masks of the grid levels nearest these sparsities (0: dense int8).", min=0.0, max=0.999,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,8 @@ class SearchConfig:
     early_abandon: bool = option(True, "Stop scoring a candidate once its loss exceeds the best (exact).")
     reuse_activations: bool = option(True, "Start a candidate's forward pass at its first changed block (exact).")
     baselines: list[str] = option(
-        ["uniform", "global-magnitude", "prior", "squared-error"], "Baselines computed at the same target."
+        ["uniform", "global-magnitude", "prior", "squared-error"],
+        "Baselines computed at the same target (uniform, uniform-int8 with grid.int8, global-magnitude, prior, squared-error).",
     )
 
 
@@ -203,9 +208,14 @@ class Profile:
         """The grid's level labels, ascending in sparsity."""
         from engine.core.grid import geometric_levels, nm_levels
 
+        from engine.core.grid import with_int8
+
         if self.grid.pattern == "nm":
             return nm_levels(self.grid.n, self.grid.m, self.grid.include_dense)
-        return geometric_levels(self.grid.min_sparsity, self.grid.max_sparsity, self.grid.steps, self.grid.include_dense)
+        levels = geometric_levels(self.grid.min_sparsity, self.grid.max_sparsity, self.grid.steps, self.grid.include_dense)
+        if not self.grid.int8:
+            return levels
+        return with_int8(levels, self.grid.int8_sparsities)
 
 
 def profile_sections() -> list[dataclasses.Field]:
@@ -215,6 +225,10 @@ def profile_sections() -> list[dataclasses.Field]:
 
 def _check_value(value, expected, meta, key: str, source: str):
     origin = typing.get_origin(expected)
+    if origin is list and typing.get_args(expected) == (float,):
+        if not isinstance(value, list) or not value:
+            raise ProfileError(f"{source}: key '{key}' must be a non-empty list of numbers, got {value!r}")
+        return [_check_value(item, float, meta, key, source) for item in value]
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ProfileError(f"{source}: key '{key}' must be a list of strings, got {value!r}")
@@ -303,6 +317,14 @@ def _check_consistency(profile: Profile) -> None:
         raise ProfileError(f"{src}: key 'grid.min_sparsity' ({grid.min_sparsity}) exceeds 'grid.max_sparsity' ({grid.max_sparsity})")
     if grid.pattern == "nm" and grid.n >= grid.m:
         raise ProfileError(f"{src}: key 'grid.n' must be less than 'grid.m' (got {grid.n}:{grid.m})")
+    if grid.int8:
+        if grid.pattern != "unstructured" or profile.hardware.backend != "cpu":
+            raise ProfileError(f"{src}: key 'grid.int8' needs grid.pattern = 'unstructured' and hardware.backend = 'cpu'")
+        if profile.export.sequential or profile.export.gap:
+            raise ProfileError(
+                f"{src}: key 'grid.int8' cannot be combined with export.sequential or export.gap "
+                "(they would move int8 weights off their grid); set both to false"
+            )
     hardware = profile.hardware
     unknown_paths = sorted(set(hardware.reference_paths) - {"torch", "onednn", "compiled", "onnxruntime"})
     if unknown_paths:
@@ -327,9 +349,11 @@ def _check_consistency(profile: Profile) -> None:
         raise ProfileError(f"{src}: model.source '{model.source}' needs key 'model.{needs[model.source][0]}'")
     if data.source in ("text", "imagefolder", "tensors") and not data.path:
         raise ProfileError(f"{src}: data.source '{data.source}' needs key 'data.path'")
-    unknown = set(profile.search.baselines) - {"uniform", "global-magnitude", "prior", "squared-error"}
+    unknown = set(profile.search.baselines) - {"uniform", "uniform-int8", "global-magnitude", "prior", "squared-error"}
     if unknown:
         raise ProfileError(f"{src}: key 'search.baselines' has unknown names {sorted(unknown)}")
+    if "uniform-int8" in profile.search.baselines and not grid.int8:
+        raise ProfileError(f"{src}: search.baselines 'uniform-int8' needs grid.int8 = true")
 
 
 def read_toml(path: str | Path) -> dict:

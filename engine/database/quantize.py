@@ -28,9 +28,11 @@ clamped to +-127.  The layer loss this aims at is ||W X - W^ X||^2 = tr(D H D^T)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
+from engine.core.grid import DENSE, is_int8, mask_level
 from engine.database.reconstruct import damped_hessian, inverse_factor, weight_matrix
 from engine.runtime.int8 import QMAX, quantize_weight
 
@@ -92,3 +94,22 @@ def round_to_nearest(weight: torch.Tensor, mask: torch.Tensor | None = None) -> 
         W = W * weight_matrix(mask).cpu().bool()
     q, scale = quantize_weight(W)
     return QuantizedWeight(q, scale, (q.float() * scale.unsqueeze(1)).reshape(weight.shape))
+
+
+def int8_cells(
+    levels: list[str], fp32_weights: dict[str, torch.Tensor], hessian: torch.Tensor, method: str, damp: float, block_size: int,
+) -> Iterator[tuple[str, QuantizedWeight]]:
+    """(level, quantized weight) for every int8 level "q8:L" of ``levels``: the weight of the fp32
+    level L (``fp32_weights[L]``, the dense weight for L = DENSE) on the int8 grid, its zeros kept.
+
+    obs and adaprune quantize through H (``quantize_layer``: each rounding error pushed onto the
+    weights not yet visited); magnitude, which reconstructs nothing, rounds to nearest."""
+    for level in levels:
+        if not is_int8(level):
+            continue
+        start = fp32_weights[mask_level(level)]
+        mask = None if mask_level(level) == DENSE else start != 0
+        if method == "magnitude":
+            yield level, round_to_nearest(start, mask)
+        else:
+            yield level, quantize_layer(start, hessian, mask, damp, block_size)

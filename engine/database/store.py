@@ -20,7 +20,7 @@ inputs).  A build resumes after any interruption: it rebuilds exactly the layers
 missing, whose hash differs (a corrupt file) or whose fingerprint differs.  Nothing is pickled.
 
 Reading (``Database``) is lazy, one tensor at a time, with a small LRU cache bounded in bytes;
-``Stitcher`` points layer weights at database tensors and back, by reference.
+``engine.database.stitch`` points layer weights at database tensors and back, by reference.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
-from torch import nn
 
 from engine.core import atomic
 from engine.core.profile import DatabaseConfig
-from engine.core.grid import DENSE, level_sparsity, parse_nm, sort_levels
+from engine.core.grid import is_int8, mask_level, parse_nm, sort_levels
 from engine.core.masks import nm_ineligibility
 from engine.database import compact
+from engine.database.quantize import int8_cells
 from engine.database.reconstruct import REFIT_MAX_STEPS, REFIT_TOLERANCE, OutputError, layer_pruners, pruned_levels
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ def layer_plan(weight_shape: tuple[int, ...], levels: list[str]) -> tuple[list[s
     for level in levels:
         nm = parse_nm(level)
         reason = nm_ineligibility(weight_shape, nm) if nm is not None else None
+        if is_int8(level) and len(weight_shape) != 2:
+            reason = "int8 levels run Linear layers only"
         if reason is None:
             stored.append(level)
         else:
@@ -209,12 +211,20 @@ def build_layers(
         dense = loaded.module(name).weight.detach()
         stored, skipped = plan.layer_levels[name]
         output_error = OutputError(dense, hessian)
-        weights, errors = {}, {}
-        for level, weight in pruned_levels(pruner, dense, stored):
-            weights.update(compact.encode(level, weight.to(dense.dtype)))
+        weights, errors, masks = {}, {}, {mask_level(level): None for level in stored if is_int8(level)}
+
+        def cell(level: str, weight: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+            weights.update(compact.encode(level, weight.to(dense.dtype), scale))
             errors[level] = output_error(weight)
             if on_cell is not None:
                 on_cell(name, level, errors[level])
+
+        for level, weight in pruned_levels(pruner, dense, [level for level in stored if not is_int8(level)]):
+            cell(level, weight)
+            if level in masks:
+                masks[level] = weight
+        for level, quantized in int8_cells(stored, masks, hessian, config.method, config.damp, config.block_size):
+            cell(level, quantized.dequantized, quantized.scale)
         # one metadata key: safetensors writes several in a random order, and the file's sha256 must not vary
         provenance = json.dumps({"layer": name, "fingerprint": plan.fingerprints[name]}, sort_keys=True)
         data = safetensors_bytes(weights, metadata={"spdy": provenance})
@@ -273,6 +283,7 @@ class Database:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
+        self._scales: dict[tuple[str, str], torch.Tensor] = {}
 
     @classmethod
     def open(cls, directory: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "Database":
@@ -281,6 +292,11 @@ class Database:
         if not entries:
             raise FileNotFoundError(f"{directory}: no database (missing or unreadable {INDEX})")
         return cls(directory, entries, cache_bytes)
+
+    @staticmethod
+    def is_built(directory: str | os.PathLike) -> bool:
+        """True if ``directory`` holds a database index with at least one layer."""
+        return bool(_read_index(Path(directory))["layers"])
 
     @staticmethod
     def is_complete(
@@ -327,6 +343,13 @@ class Database:
         """Layers whose file is missing or does not match its recorded sha256."""
         return [name for name, entry in self.entries.items() if not _entry_intact(self.directory, entry)]
 
+    def scale(self, layer: str, level: str) -> torch.Tensor:
+        """The per-output-channel scales of ``layer`` at an int8 ``level`` (its weight is q * scale)."""
+        if (layer, level) not in self._scales:  # a few floats per row: kept for good
+            with safe_open(str(self.directory / self._entry(layer)["file"]), framework="pt") as handle:
+                self._scales[layer, level] = compact.decode_scale(handle, level)
+        return self._scales[layer, level]
+
     def _entry(self, layer: str) -> dict:
         if layer not in self.entries:
             raise KeyError(f"layer {layer!r} is not in the database at {self.directory}")
@@ -352,46 +375,3 @@ class Database:
                 _, evicted = self._cache.popitem(last=False)
                 self._cached_bytes -= evicted.numel() * evicted.element_size()
         return tensor
-
-
-# ---------------------------------------------------------------------------- stitching
-class Stitcher:
-    """Point each layer's weight at the database tensor of its level; ``restore`` puts the dense ones back.
-
-    Tensors are swapped by reference (``module.weight.data = tensor``), never copied into the
-    model, and only for layers whose level changed since the last ``apply``.  The model must be in
-    eval mode, so BatchNorm keeps the dense running statistics.
-    """
-
-    def __init__(self, model: nn.Module, layer_names: Sequence[str], database: Database):
-        if model.training:
-            raise ValueError("stitch a model in eval mode: BatchNorm must keep the dense running statistics")
-        self.database = database
-        self.modules = {name: model.get_submodule(name) for name in layer_names}
-        self.dense = {name: module.weight.data for name, module in self.modules.items()}
-        self.current = {name: DENSE for name in layer_names}
-
-    def apply(self, levels: dict[str, str]) -> int:
-        """Stitch the given layers at their levels; returns how many weights were swapped."""
-        swapped = 0
-        for name, level in levels.items():
-            if self.current[name] == level:
-                continue
-            dense = self.dense[name]
-            weight = dense if level_sparsity(level) == 0.0 else self.database.get(name, level)
-            self.modules[name].weight.data = weight.to(device=dense.device, dtype=dense.dtype)
-            self.current[name] = level
-            swapped += 1
-        return swapped
-
-    def restore(self) -> None:
-        """Put every original dense tensor back (the very same tensors: bit-identical)."""
-        for name, module in self.modules.items():
-            module.weight.data = self.dense[name]
-            self.current[name] = DENSE
-
-    def __enter__(self) -> "Stitcher":
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.restore()

@@ -8,11 +8,14 @@ atomically (``engine.core.atomic``), so a killed export never leaves a half-writ
     recipe.yaml          SparseML recipe: gradual magnitude pruning to each layer's final sparsity
                          (the schedule of engine.export.schedule, which `spdy finetune` runs)
     torchao_config.json  torch.ao.pruning WeightNormSparsifier config, one entry per pruned weight
-    pruned.safetensors   the pruned state dict (exact zeros), loadable in plain PyTorch
+    pruned.safetensors   the pruned state dict (exact zeros), loadable in plain PyTorch, and
+    int8.safetensors     the int8 layers' codes and scales (both: ``engine.export.weights``)
     report.md            human summary, with loss_curve.png and allocation.png beside it
 
 A layer is a mapping ``{"name", "level", "time"}`` as in ``result["layers"]`` (time in seconds);
-a level is a grid label: "0.7844", "0.0000" (dense) or an N:M pattern such as "2:4".
+a level is a grid label: "0.7844", "0.0000" (dense), an N:M pattern such as "2:4" or an int8 level
+such as "q8:0.0000" (profile.txt keeps it as it is; recipe.yaml and torchao_config.json, which
+describe pruning, carry its sparsity only).
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import torch
-from safetensors.torch import save as safetensors_bytes
 
 from engine.core.atomic import write_bytes, write_text
-from engine.core.grid import level_sparsity, parse_nm
+from engine.core.grid import is_int8, level_sparsity, parse_nm
 from engine.export.result import plain_json, write_json
 from engine.export.schedule import DEFAULT as DEFAULT_SCHEDULE
 from engine.export.schedule import GMPSchedule
@@ -58,7 +59,7 @@ def _pruned(layers: Iterable[Mapping]) -> list[Mapping]:
 
 # --- profile.txt (original SPDY format) ------------------------------------------------------
 def _profile_label(level: str) -> str:
-    return level if parse_nm(level) else f"{level_sparsity(level):.4f}"
+    return level if parse_nm(level) or is_int8(level) else f"{level_sparsity(level):.4f}"
 
 
 def write_profile_txt(run_dir: str | os.PathLike, layers: Sequence[Mapping]) -> Path:
@@ -188,36 +189,6 @@ def write_torchao_config(run_dir: str | os.PathLike, layers: Sequence[Mapping]) 
             entry.update(sparsity_level=level_sparsity(layer["level"]), sparse_block_shape=[1, 1], zeros_per_block=1)
         config.append(entry)
     return _write(run_dir, "torchao_config.json", json.dumps(config, indent=2) + "\n")
-
-
-# --- pruned.safetensors ----------------------------------------------------------------------
-def write_pruned_weights(run_dir: str | os.PathLike, model: torch.nn.Module, metadata: Mapping) -> Path:
-    """The model's full state dict as safetensors (``load_file`` + ``load_state_dict`` reload it).
-
-    Tensors sharing storage (tied weights) are cloned, since safetensors refuses shared storage.
-    Metadata values that are not strings are stored as JSON; if ``metadata["allocation"]`` maps
-    layer names to levels, each such ``<layer>.weight`` must hold at least that many exact zeros.
-    """
-    state: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        if tensor.numel() and tensor.untyped_storage().data_ptr() in storages:
-            tensor = tensor.clone()
-        storages.add(tensor.untyped_storage().data_ptr())
-        state[key] = tensor
-    for name, level in dict(metadata.get("allocation", {})).items():
-        weight = state.get(f"{name}.weight")
-        if weight is None:
-            raise ValueError(f"allocation names {name}, which has no {name}.weight in the model")
-        zeros = weight.numel() - int(torch.count_nonzero(weight))
-        if zeros < math.floor(level_sparsity(level) * weight.numel()) - 1:
-            raise ValueError(f"{name}.weight has {zeros}/{weight.numel()} zeros, level {level} needs more: "
-                             "is the pruned (stitched) model being saved?")
-    text_metadata = {"format": "pt"}
-    text_metadata.update({str(key): value if isinstance(value, str) else json.dumps(plain_json(value))
-                          for key, value in metadata.items()})
-    return _write(run_dir, "pruned.safetensors", safetensors_bytes(state, metadata=text_metadata))
 
 
 # --- report.md with its plots ----------------------------------------------------------------

@@ -47,7 +47,7 @@ from engine.model.data import DataError
 from engine.core.events import EventLog
 from engine.export.result import ResultError, finite, read_json_object, write_json
 from engine.recovery.gmp import one_shot_magnitude
-from engine.core.grid import level_sparsity, parse_nm
+from engine.core.grid import is_int8, level_sparsity, parse_nm
 from engine.model.losses import primary_metric, resolve_loss
 from engine.core.errors import RunError
 from engine.run.context import RunContext
@@ -208,6 +208,9 @@ def _train_and_export(ft: Finetune) -> dict:
     if unknown:
         raise RunError(f"{run.run_dir / 'result.json'}: layer {unknown[0]} is not a prunable layer of the model")
     for name, level in ft.levels.items():
+        if is_int8(level):
+            raise RunError(f"layer {name} is at int8 level {level}: `spdy finetune` trains fp32 weights, and training "
+                           "would move int8 weights off their grid; fine-tune a run without grid.int8")
         reason = parse_nm(level) and nm_ineligibility(loaded.module(name).weight.shape, parse_nm(level))
         if reason:
             raise RunError(f"layer {name}: {reason}")
@@ -279,7 +282,7 @@ def _train_and_export(ft: Finetune) -> dict:
 
 
 def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name, history, samples) -> dict:
-    from engine.export import files
+    from engine.export import files, weights
     from engine.model.losses import primary_metric_name
     from engine.core.masks import pruned_count
 
@@ -292,7 +295,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
             raise RunError(f"layer {row['name']}: the final mask prunes {pruned.get(row['name'], 0)} weights, "
                            f"level {row['level']} needs {expected}")
         layers.append({**row, "numel": weight.numel(), "pruned": expected, "zeros": int((weight == 0).sum())})
-    files.write_pruned_weights(ft.out, student, {
+    weights.write_pruned_weights(ft.out, student, {
         "allocation": levels, "source": "spdy finetune", "start": ft.settings["start"],
         "schedule": schedule.as_dict() if ft.settings["start"] == "gradual" else None, "seed": ft.run.profile.run.seed,
     })

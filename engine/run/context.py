@@ -98,7 +98,7 @@ class RunContext:
 
         Every stitching in this process goes through it, so no second stitcher ever mistakes
         another's stitched weights for the dense ones; callers ``restore()`` when they are done."""
-        from engine.database.store import Stitcher
+        from engine.database.stitch import Stitcher
 
         return Stitcher(self.loaded.model, self.loaded.layer_names, self.database)
 
@@ -127,7 +127,12 @@ class RunContext:
         table = self.table
         if table.names != self.loaded.layer_names:
             table = table.subset(self.loaded.layer_names)
-        return make_problem(table, target or self.profile.search.target, self.profile.search.skip)
+        from engine.database.store import Database
+
+        # the prior ranks mixed (int8 and fp32) choices by the database's errors, once it is built
+        ranked = self.profile.grid.int8 and Database.is_built(self.run_dir / "db")
+        errors = self.database.errors() if ranked else None
+        return make_problem(table, target or self.profile.search.target, self.profile.search.skip, errors)
 
     @cached_property
     def reconstruction_inputs(self) -> list:

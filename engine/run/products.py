@@ -3,7 +3,8 @@
     search.json         {"coefficients", "levels", "loss", "evaluations", "predicted_speedup"}
     baselines.json      {name: {"levels", "predicted_speedup", "loss": {"calibration", "heldout"}}
                          or {"error", "predicted_speedup": null, "loss": {...: null}}}
-    final.safetensors   the final model's state dict (stitched, possibly after global AdaPrune)
+    final.safetensors   the final model's state dict (stitched, possibly after global AdaPrune); an int8
+                        layer's scales as ``<layer>.weight_scale`` (``engine.runtime.int8``)
 
 ``timings.json`` belongs to ``engine.timing.table``, ``db/`` to ``engine.database.store``,
 ``result.json`` to ``engine.export.result`` and the take-away files to ``engine.export.files``.
@@ -18,6 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.runtime.int8 import SCALE, mark_int8
 from engine.export.result import ResultError, read_json_object, write_json
 
 SEARCH = "search.json"
@@ -60,7 +62,11 @@ def has_final(run_dir: Path) -> bool:
 
 
 def load_final(run_dir: Path, dense: nn.Module) -> nn.Module:
-    """A copy of ``dense`` with the final weights loaded, in eval mode."""
+    """A copy of ``dense`` with the final weights loaded, in eval mode; a layer stored with its
+    ``weight_scale`` is marked int8 again (``engine.runtime.int8.mark_int8``)."""
     model = copy.deepcopy(dense)
-    model.load_state_dict(load_file(str(run_dir / FINAL)), strict=False)
+    state = load_file(str(run_dir / FINAL))
+    for key in [key for key in state if key.endswith("." + SCALE)]:
+        mark_int8(model.get_submodule(key[: -len(SCALE) - 1]), state.pop(key))
+    model.load_state_dict(state, strict=False)
     return model.eval()

@@ -307,6 +307,13 @@ def _csr_int8_linear_fake(x_q, x_scale, indptr, indices, values, float_values, w
     return x_q.new_empty(x_q.shape[0], indptr.shape[1] - 1, dtype=torch.float32)
 
 
+def sparse_int8_linear(x, indptr, indices, values, float_values, weight_scale, bias, panel_width: int) -> torch.Tensor:
+    """x (..., in) quantized per token, times the sparse int8 weight, on ``spdy::csr_int8_linear``."""
+    x_q, x_scale = quantize_activations(x.reshape(-1, x.shape[-1]).float())
+    y = torch.ops.spdy.csr_int8_linear(x_q, x_scale, indptr, indices, values, float_values, weight_scale, bias, panel_width)
+    return y.reshape(*x.shape[:-1], indptr.shape[1] - 1)
+
+
 class SparseInt8Linear(nn.Module):
     """``y = x @ W^T + b`` with W sparse int8 per output channel, x quantized per token, on
     ``spdy::csr_int8_linear`` (traceable by dynamo).  Inference only, float32 in and out, CPU.
@@ -349,12 +356,11 @@ class SparseInt8Linear(nn.Module):
         return self.values.numel() / max(1, self.out_features * self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_q, x_scale = quantize_activations(x.reshape(-1, self.in_features).float())
-        y = torch.ops.spdy.csr_int8_linear(
-            x_q, x_scale, self.indptr, self.indices, self.values, self.float_values, self.weight_scale, self.bias,
-            self.panel_width,
-        )
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return sparse_int8_linear(x, *self.operands())
+
+    def operands(self) -> tuple:
+        """The tensors (and panel width) ``sparse_int8_linear`` takes after x."""
+        return (self.indptr, self.indices, self.values, self.float_values, self.weight_scale, self.bias, self.panel_width)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}, int8"

@@ -140,3 +140,46 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+# ---------------------------------------------------------------------------- int8 layers of a float model
+# A Linear of a float model (the stitched or final model) stands for an int8 layer when it carries a
+# ``weight_scale`` buffer (its weight is then q * scale, row by row) and quantizes its input per token
+# in a forward pre-hook: its float forward is the kernels' result up to float32 rounding, and its
+# state dict carries the scales.
+SCALE = "weight_scale"
+
+
+def quantize_input(_module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the input as the int8 kernels see it, x_tk -> p_tk * s_t (per token)."""
+    x = args[0]
+    p, s = quantize_activations(x.reshape(-1, x.shape[-1]))
+    return (dequantize(p, s).reshape(x.shape).to(x.dtype), *args[1:])
+
+
+def mark_int8(module: nn.Module, scale: torch.Tensor) -> None:
+    """Make ``module`` (its weight already q * scale) an int8 layer of the float model."""
+    unmark_int8(module)
+    module.register_buffer(SCALE, scale.detach().float().to(module.weight.device))
+    module.register_forward_pre_hook(quantize_input)
+
+
+def unmark_int8(module: nn.Module) -> None:
+    """Back to a plain float layer (nothing to do for one that is not marked)."""
+    module._buffers.pop(SCALE, None)
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if hook is quantize_input:  # found by identity: a deep copy's hooks are its own
+            del module._forward_pre_hooks[key]
+
+
+def int8_scale(module: nn.Module) -> torch.Tensor | None:
+    """The scales of a marked int8 layer, None for a float one."""
+    return module._buffers.get(SCALE)
+
+
+def int8_codes(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8, scale) of a marked int8 Linear: q = round(W / scale), exact since W = q * scale."""
+    scale = int8_scale(module)
+    if scale is None:
+        raise ValueError(f"{type(module).__name__} is not an int8 layer (no {SCALE} buffer)")
+    return quantize_rows(module.weight.detach().float(), scale), scale

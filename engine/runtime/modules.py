@@ -25,6 +25,7 @@ kernel packs the pruned weight matrix W (out x in, exact zeros) once and then co
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.runtime.csr import CSRWeight, spmm, spmm_feature_major
-from engine.runtime.csr_int8 import CSRInt8Weight, sparse_int8_linear_numpy
+from engine.core.grid import level_sparsity
+from engine.runtime.csr_int8 import CSRInt8Weight, SparseInt8Linear, sparse_int8_linear, sparse_int8_linear_numpy
+from engine.runtime.int8 import Int8Linear, int8_linear
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,44 @@ def sparse_module(layer: nn.Module, kernel: str = "numba") -> nn.Module:
     if isinstance(layer, nn.Conv2d):
         return SparseConv2d.from_conv(layer, kernel)
     raise TypeError(f"a {type(layer).__name__} cannot be sparsified; only nn.Linear and nn.Conv2d can")
+
+
+def int8_module(weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, level: str) -> nn.Module:
+    """The module that runs an int8 Linear at ``level``: ``Int8Linear`` (dense, ``torch._int_mm``) at
+    "q8:0.0000", our sparse int8 kernel (``SparseInt8Linear``) at a sparse int8 level."""
+    if level_sparsity(level) == 0.0:
+        return Int8Linear(weight_q, scale, bias)
+    return SparseInt8Linear.from_int8(weight_q, scale, bias)
+
+
+class CompiledInt8(nn.Module):
+    """An int8 module's forward as inductor compiles it: its quantization fused around the product, as
+    in a compiled model, but one shared compiled function per shape, its tensors passed as inputs
+    (so timing every layer compiles once per shape, not once per layer).  For the profiler of the
+    compiled runtime: the eager int8 modules time their quantization as separate passes."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        # every shape compiled for itself (as in a compiled model), only the non-zero count left symbolic
+        if isinstance(module, Int8Linear):
+            with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+                return _compiled(int8_linear)(x, module.weight_q, module.weight_scale, module.bias)
+        operands = module.operands()
+        for nonzeros in operands[1:4]:  # indices, values, float_values
+            torch._dynamo.maybe_mark_dynamic(nonzeros, 0)
+        torch._dynamo.mark_static(x)
+        torch._dynamo.mark_static(operands[0])  # indptr: (panels, out + 1)
+        with torch._dynamo.config.patch(recompile_limit=64):  # shapes x panel counts
+            return _compiled(sparse_int8_linear)(x, *operands)
+
+
+@functools.cache
+def _compiled(function: Callable) -> Callable:
+    return torch.compile(function, fullgraph=True)
 
 
 def sparsify_module(model: nn.Module, names: list[str], kernel: str = "numba") -> nn.Module:

@@ -1,9 +1,9 @@
 """Allocations SPDY is compared against, all on the same timing table and at the same target.
 
-* ``uniform``: one shared level for every searchable layer, the least sparse one whose predicted
-  time meets the budget.
+* ``uniform``: one shared fp32 level for every searchable layer, the least sparse one whose predicted
+  time meets the budget; ``uniform(int8=True)`` ("uniform-int8") the same over the int8 levels.
 * ``global_magnitude``: one global magnitude threshold tau over all searchable layers; a layer's
-  sparsity is the fraction of its weights with |w| <= tau, snapped up to the next level of its
+  sparsity is the fraction of its weights with |w| <= tau, snapped up to the next fp32 level of its
   grid; tau is the smallest (by bisection over the sorted magnitudes) that meets the budget.
 * ``prior``: the DP with every coefficient 1, i.e. costs (i / (n - 1))^2 (spdy-method.md §2.7).
 * ``squared_error``: the DP with each (layer, level)'s relative reconstruction error
@@ -21,7 +21,7 @@ import torch
 
 from engine.search.budget import Allocation, Problem
 from engine.search.dp import InfeasibleTarget
-from engine.core.grid import DENSE, level_sparsity
+from engine.core.grid import DENSE, is_int8, level_sparsity
 
 
 def _fits(problem: Problem, allocation: Allocation) -> bool:
@@ -32,26 +32,29 @@ def _indices(problem: Problem, wanted: list[str]) -> list[int]:
     return [problem.levels[row].index(level) for row, level in enumerate(wanted)]
 
 
-def uniform(problem: Problem) -> Allocation:
+def uniform(problem: Problem, int8: bool = False) -> Allocation:
+    """One fp32 level for all (``int8``: one int8 level for all, "uniform-int8"), the least sparse that fits."""
     searchable = set(problem.searchable)
-    grid = sorted({level for row in searchable for level in problem.levels[row]}, key=level_sparsity)
+    grid = sorted({level for row in searchable for level in problem.levels[row] if is_int8(level) == int8}, key=level_sparsity)
     for level in grid:
         wanted = [
-            _snap_up(problem.levels[row], level_sparsity(level)) if row in searchable else DENSE
+            _snap_up(problem.levels[row], level_sparsity(level), int8) if row in searchable else DENSE
             for row in range(len(problem.levels))
         ]
         allocation = problem.allocation(_indices(problem, wanted))
         if _fits(problem, allocation):
             return allocation
-    raise InfeasibleTarget(f"no single level meets {problem.target:g}x", problem.min_time, problem.max_speedup)
+    kind = "int8 level" if int8 else "level"
+    raise InfeasibleTarget(f"no single {kind} meets {problem.target:g}x", problem.min_time, problem.max_speedup)
 
 
-def _snap_up(levels: list[str], sparsity: float) -> str:
-    """The least sparse level of a layer with at least ``sparsity`` (its sparsest if none)."""
-    for level in levels:
+def _snap_up(levels: list[str], sparsity: float, int8: bool = False) -> str:
+    """The least sparse fp32 (``int8``: int8) level of a layer with at least ``sparsity`` (its sparsest if none)."""
+    kind = [level for level in levels if is_int8(level) == int8] or levels
+    for level in kind:
         if level_sparsity(level) >= sparsity - 1e-12:
             return level
-    return levels[-1]
+    return kind[-1]
 
 
 def global_magnitude(problem: Problem, weights: dict[str, torch.Tensor]) -> Allocation:

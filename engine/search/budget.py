@@ -18,7 +18,10 @@ uniform and global magnitude, which would otherwise put them at 2:4.  Unstructur
 kept as measured (the DP already never picks one slower than dense).
 
 The prior cost of a layer's i-th level (its own levels ascending in sparsity, n of them) is
-(i / (n - 1))^2 (spdy-method.md §3.1); SPDY scales it per layer by a coefficient c_l.
+(i / (n - 1))^2 (spdy-method.md §3.1); SPDY scales it per layer by a coefficient c_l.  A mixed
+choice set (int8 levels beside fp32 ones) has no single order by sparsity, so there i is the
+level's rank by the database's reconstruction error (``error_ranks``), which for fp32 levels
+alone is the same order.
 
 Inputs are refused with a ValueError naming the option, under the profile's own rules
 (``engine.core.profile.SearchConfig``): a target below 1 (``--target``, ``search.target``),
@@ -72,14 +75,33 @@ def check_buckets(buckets) -> int:
     return int(buckets)
 
 
-def prior_costs(levels: list[list[str]], width: int | None = None) -> np.ndarray:
-    """(layers, width) array of (i / (n_l - 1))^2, inf beyond a layer's own n_l levels."""
+def prior_costs(levels: list[list[str]], width: int | None = None, ranks: list[list[int]] | None = None) -> np.ndarray:
+    """(layers, width) array of (r_i / (n_l - 1))^2, inf beyond a layer's own n_l levels; r_i = i
+    (its position, ascending in sparsity) unless ``ranks`` gives each level's rank."""
     width = width or max(len(row) for row in levels)
     costs = np.full((len(levels), width), np.inf)
     for row, labels in enumerate(levels):
         n = len(labels)
-        costs[row, :n] = (np.arange(n) / (n - 1)) ** 2 if n > 1 else 0.0
+        rank = np.arange(n) if ranks is None else np.asarray(ranks[row], dtype=np.float64)
+        costs[row, :n] = (rank / (n - 1)) ** 2 if n > 1 else 0.0
     return costs
+
+
+def error_ranks(names: list[str], levels: list[list[str]], errors: dict[str, dict[str, float]]) -> list[list[int]]:
+    """Each layer's levels ranked by their reconstruction error (the database's), ties and levels
+    without an error in grid order; the dense fp32 level's error is 0.  For fp32 levels alone this
+    is the grid order (nested masks: the error grows with the sparsity); with int8 levels it puts
+    each one where its error falls among the fp32 levels."""
+    ranks = []
+    for name, labels in zip(names, levels):
+        known = errors.get(name, {})
+        key = [(0.0 if label == DENSE else known.get(label, math.inf), position) for position, label in enumerate(labels)]
+        order = sorted(range(len(labels)), key=key.__getitem__)
+        rank = [0] * len(labels)
+        for position, column in enumerate(order):
+            rank[column] = position
+        ranks.append(rank)
+    return ranks
 
 
 def scaled_costs(prior: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -121,6 +143,11 @@ class Problem:
     times: np.ndarray  # (layers, max levels); inf = unavailable (padding, a skipped layer's sparse levels, a slow N:M level)
     levels: list[list[str]]
     dropped: tuple[tuple[str, str], ...] = ()  # (layer, N:M level) dropped for being no faster than dense
+    ranks: list[list[int]] | None = None  # the prior's rank of each level (``error_ranks``); None: grid order
+
+    def prior(self) -> np.ndarray:
+        """The prior costs (r_i / (n_l - 1))^2 of every (layer, level), shaped like ``times``."""
+        return prior_costs(self.levels, self.times.shape[1], self.ranks)
 
     @property
     def budget(self) -> float:
@@ -152,7 +179,7 @@ class Problem:
         ``costs`` must have the shape of ``times``, with no negative or NaN entry (inf marks a
         level not to choose); ``buckets`` must be 10 ... 1,000,000 (ValueError otherwise)."""
         buckets = check_buckets(buckets)
-        costs = prior_costs(self.levels, self.times.shape[1]) if costs is None else self._checked_costs(costs)
+        costs = self.prior() if costs is None else self._checked_costs(costs)
         try:
             solution = dp.solve(self.times, costs, self.budget, buckets)
         except dp.InfeasibleTarget as exc:
@@ -180,8 +207,11 @@ class Problem:
         return Allocation(self.table.names, levels, times, predicted, self.table.reference_seconds / predicted, cost)
 
 
-def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str, ...] = ()) -> Problem:
-    """The DP problem for ``target``x on ``table``, with layers matching ``skip`` held dense."""
+def make_problem(
+    table: TimingTable, target: float, skip: list[str] | tuple[str, ...] = (), errors: dict[str, dict[str, float]] | None = None,
+) -> Problem:
+    """The DP problem for ``target``x on ``table``, with layers matching ``skip`` held dense; with
+    ``errors`` (the database's, per layer and level) the prior ranks levels by them (``error_ranks``)."""
     target = check_target(target)
     times, levels = table.matrix()
     skipped = match_layers(table.names, list(skip), "skip (--skip, search.skip)")
@@ -202,7 +232,8 @@ def make_problem(table: TimingTable, target: float, skip: list[str] | tuple[str,
         dense = levels[row].index(DENSE)
         times[row, :dense] = np.inf
         times[row, dense + 1 :] = np.inf
-    return Problem(table, float(target), tuple(skipped), times, levels, tuple(dropped))
+    ranks = error_ranks(table.names, levels, errors) if errors is not None else None
+    return Problem(table, float(target), tuple(skipped), times, levels, tuple(dropped), ranks)
 
 
 def costs_from_mapping(problem: Problem, mapping, source: str = "<costs>") -> np.ndarray:

@@ -1,7 +1,7 @@
 """SPDY search: learn one sensitivity coefficient per layer (spdy-method.md §4).
 
 A candidate is a coefficient vector c in [0, 1]^L over the searchable layers.  Its allocation is
-the DP optimum for the costs e[l][i] = c_l * (i / (n_l - 1))^2 under the time budget, and its
+the DP optimum for the costs e[l][i] = c_l * (r_i / (n_l - 1))^2 (r_i: the level's rank, ``Problem.prior``) under the time budget, and its
 score is the calibration loss of the model stitched at that allocation.  The search:
 
 1. scores ``random_inits`` vectors c ~ U(0, 1)^L and keeps the best;
@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from engine.search.budget import Allocation, Problem, prior_costs, scaled_costs
+from engine.search.budget import Allocation, Problem, scaled_costs
 
 
 class Scorer(Protocol):
@@ -91,7 +91,7 @@ class Search:
         self.settings = settings
         self.on_evaluation = on_evaluation or (lambda _e: None)
         self.searchable = problem.searchable
-        self.prior = prior_costs(problem.levels, problem.times.shape[1])
+        self.prior = problem.prior()
         self.cache: dict[str, float] = dict(replay or {})  # allocation key -> loss (or a bound >= the best then)
         self.evaluations = 0
         self.history: list[Evaluation] = []

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from engine.core.environment import describe_environment
-from engine.core.grid import DENSE, level_sparsity
+from engine.core.grid import DENSE, is_int8, level_sparsity
 from engine.core.masks import magnitude_mask
 from engine.runtime.execution import capture_inputs, forward, set_threads
 from engine.runtime.paths import reference_paths
-from engine.runtime.modules import replace_submodule, sparse_module
+from engine.runtime.int8 import quantize_weight
+from engine.runtime.modules import CompiledInt8, int8_module, replace_submodule, sparse_module
 from engine.timing.in_model import Progress, switched_model, time_in_model
 from engine.core.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
@@ -134,13 +135,14 @@ def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on
     within three minutes), and a base taken in one burst before the layers can be off by 10% while
     the layers' sum is not (docs/benchmarks.md)."""
     inputs = capture_inputs(lambda: forward(loaded, dense_model, example_inputs), dense_model, names)
+    compiled = getattr(hardware, "runtime", "eager") == "compiled"
     total, done = len(names) * len(levels), 0
     stats, base_samples = {}, []
     passes_per_layer = -(-hardware.repeats // max(1, len(names)))
     for name in names:
         x = inputs[name]
         variants = {
-            level: (lambda m=layer_at_level(dense_model, loaded.model, name, level): m(x)) for level in _with_dense(levels)
+            level: (lambda m=layer_at_level(dense_model, loaded.model, name, level, compiled): m(x)) for level in _with_dense(levels)
         }
         with torch.no_grad():
             stats[name] = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread)
@@ -175,15 +177,20 @@ def _with_dense(levels: list[str]) -> list[str]:
     return list(levels) if DENSE in levels else [DENSE, *levels]
 
 
-def layer_at_level(dense_model: nn.Module, original: nn.Module, name: str, level: str) -> nn.Module:
+def layer_at_level(dense_model: nn.Module, original: nn.Module, name: str, level: str, compiled: bool = False) -> nn.Module:
     """Layer ``name`` as timed at ``level``: the dense-path module at DENSE, otherwise our sparse
     kernel on the original weights pruned by magnitude to the level's sparsity (its time depends on
-    the number and layout of the non-zeros, not on their values)."""
+    the number and layout of the non-zeros, not on their values); an int8 level on the module that
+    runs it (``engine.runtime.modules.int8_module``), its weights rounded to int8, ``compiled`` for the
+    compiled runtime (``CompiledInt8``: quantization fused as inductor fuses it in the model)."""
     if level == DENSE:
         return dense_model.get_submodule(name)
     pruned = copy.deepcopy(original.get_submodule(name))
     with torch.no_grad():
         pruned.weight.mul_(magnitude_mask(pruned.weight, level_sparsity(level)))
+    if is_int8(level):
+        module = int8_module(*quantize_weight(pruned.weight), pruned.bias, level)
+        return CompiledInt8(module) if compiled else module
     return sparse_module(pruned)
 
 

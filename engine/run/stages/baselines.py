@@ -1,6 +1,6 @@
 """Stage ``baselines``: the simpler allocations SPDY must beat, at the same target -> ``baselines.json``.
 
-uniform (one level for every layer), prior (the DP with SPDY's prior alone), squared-error (the
+uniform (one level for every layer; uniform-int8: one int8 level), prior (the DP with SPDY's prior alone), squared-error (the
 DP on the database's per-layer output errors) and global-magnitude (one magnitude threshold for
 all layers), each scored on the calibration loss and the held-out metric.
 """
@@ -20,8 +20,8 @@ def is_done(ctx: RunContext) -> bool:
 
 
 def allocation_for(ctx: RunContext, name: str, problem: Problem) -> Allocation:
-    if name == "uniform":
-        return baselines.uniform(problem)
+    if name in ("uniform", "uniform-int8"):
+        return baselines.uniform(problem, int8=name == "uniform-int8")
     if name == "prior":
         return baselines.prior(problem, ctx.profile.search.buckets)
     if name == "squared-error":

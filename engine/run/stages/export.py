@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.core.environment import describe_environment
 from engine.core.events import read_events
-from engine.export import files
+from engine.export import files, weights
 from engine.export.result import allocation, read_result
 from engine.run.context import RunContext
 
@@ -20,7 +20,8 @@ def make(ctx: RunContext) -> None:
     files.write_recipe(ctx.run_dir, result["layers"])
     files.write_torchao_config(ctx.run_dir, result["layers"])
     if ctx.profile.export.weights:
-        files.write_pruned_weights(ctx.run_dir, ctx.final_model, {"allocation": allocation(result)})
+        weights.write_pruned_weights(ctx.run_dir, ctx.final_model, {"allocation": allocation(result)})
+        weights.write_int8_weights(ctx.run_dir, ctx.final_model, allocation(result))
     evaluations = [
         (event["n"], event["loss"], event["best"]) for event in read_events(ctx.run_dir / "events.jsonl") if event["type"] == "eval"
     ]

@@ -34,6 +34,7 @@ from engine.runtime.execution import capture_inputs, forward, set_threads
 from engine.runtime.paths import reference_paths
 from engine.runtime.int8 import quantize_weight
 from engine.runtime.modules import CompiledInt8, int8_module, replace_submodule, sparse_module
+from engine.timing.calibrate import DENSE_INT8, calibrate_int8
 from engine.timing.in_model import Progress, switched_model, time_in_model
 from engine.core.measure import Stats, summarise, time_interleaved
 from engine.timing.table import LayerTimes, TimingTable
@@ -120,10 +121,14 @@ def profile_cpu(
             f"the dense layers' times add up to {prunable * 1e3:.3f} ms, more than the dense model end to end "
             f"({base * 1e3:.3f} ms): measurement noise; re-measure with more repeats"
         )
-    return TimingTable(
+    table = TimingTable(
         base, prunable, rows, backend="cpu", dense_baseline=paths.reference, environment=environment, warnings=warnings,
         baseline_seconds=base * paths.reference_ratio(),
     )
+    if getattr(hardware, "runtime", "eager") == "compiled" and any(is_int8(level) for level in levels):
+        uniform_int8 = stand_in_model(loaded.model, loaded.model, {name: DENSE_INT8 for name in names})
+        table = calibrate_int8(table, uniform_int8, loaded.run_model, example_inputs, hardware, paths.run_runtime)
+    return table
 
 
 def _time_alone(loaded, example_inputs, dense_model, names, levels, hardware, on_progress, run_base) -> tuple[dict, Stats]:

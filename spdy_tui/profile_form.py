@@ -77,7 +77,10 @@ def schema() -> list[KeySpec]:
         for f in dataclasses.fields(cls):
             default, allowed, doc = described[f"{section.name}.{f.name}"]
             hint = hints[f.name]
-            kind = "list" if typing.get_origin(hint) is list else {bool: "bool", int: "int", float: "float"}.get(hint, "str")
+            if typing.get_origin(hint) is list:
+                kind = "numbers" if typing.get_args(hint) == (float,) else "list"
+            else:
+                kind = {bool: "bool", int: "int", float: "float"}.get(hint, "str")
             choices = tuple(f.metadata.get("choices") or ())
             kind = "choice" if choices else kind
             help_text = f"default {default}" + (f" · {allowed}" if allowed else "") + f" — {doc}"
@@ -87,15 +90,21 @@ def schema() -> list[KeySpec]:
 
 def value_text(spec: KeySpec, value) -> str:
     """What an Input shows for a value."""
-    return ", ".join(value) if spec.kind == "list" else str(value)
+    return ", ".join(str(item) for item in value) if spec.kind in ("list", "numbers") else str(value)
 
 
 def parse_text(spec: KeySpec, text: str):
     """An Input's text as the key's value; a ProfileError naming the key if it is not one."""
-    if spec.kind == "list":
-        return [part.strip() for part in text.split(",") if part.strip()]
+    if spec.kind in ("list", "numbers"):
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        return [_number(spec, part) for part in parts] if spec.kind == "numbers" else parts
     if spec.kind == "str":
         return text
+    return _number(spec, text)
+
+
+def _number(spec: KeySpec, text: str):
+    """``text`` as the key's int or float (a number of a "numbers" list); a ProfileError naming the key."""
     try:
         value = int(text) if spec.kind == "int" else float(text)
     except ValueError:
@@ -201,7 +210,7 @@ class ProfileFormScreen(Screen[Path | None]):
             return Select([(choice, choice) for choice in spec.choices], value=value, allow_blank=False, id=spec.widget_id, compact=True)
         if spec.kind == "bool":
             return Switch(bool(value), id=spec.widget_id)
-        placeholder = "comma-separated" if spec.kind == "list" else ""
+        placeholder = "comma-separated" if spec.kind in ("list", "numbers") else ""
         kind = {"int": "integer", "float": "number"}.get(spec.kind, "text")
         return Input(value_text(spec, value), placeholder=placeholder, type=kind, id=spec.widget_id, compact=True)
 

@@ -58,6 +58,9 @@ def test_text_becomes_the_keys_value_or_an_error_naming_the_key():
     assert parse_text(spec("search.target"), "2") == 2.0
     assert parse_text(spec("model.exclude"), " pooler.*, fc ,") == ["pooler.*", "fc"]
     assert parse_text(spec("run.name"), " a ") == " a "
+    assert parse_text(spec("grid.int8_sparsities"), "0, 0.75,") == [0.0, 0.75]
+    with pytest.raises(ProfileError, match="key 'grid.int8_sparsities' must be a number, got 'half'"):
+        parse_text(spec("grid.int8_sparsities"), "0, half")
     with pytest.raises(ProfileError, match="key 'run.seed' must be an integer, got '1.5'"):
         parse_text(spec("run.seed"), "1.5")
     with pytest.raises(ProfileError, match="key 'search.target' must be a finite number"):

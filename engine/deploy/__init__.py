@@ -14,6 +14,9 @@ encoder: an output whose ``last_hidden_state`` and ``[0]`` are the token states)
 the dense-with-zeros pruned model's up to float rounding.  The speedup lives in this runtime:
 ``pruned.safetensors`` in plain PyTorch computes the same outputs at dense speed.
 
+``allocation_model(RUN_DIR, levels)`` builds any other allocation of the run's database the same
+way (``spdy bench`` times uniform int8 with it).
+
 The run directory records the machine its speedup was measured on (``timings.json``); loading
 on a machine that differs warns (``DeployWarning``) and says what differs, since the measured
 speedup is a fact about that machine.
@@ -21,6 +24,7 @@ speedup is a fact about that machine.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,6 +90,21 @@ def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
     if runtime == "eager":
         return executable.eval()
     return compiled_model(ctx, executable)
+
+
+def allocation_model(run_dir: str | Path, levels: dict[str, str], runtime: str | None = None) -> nn.Module:
+    """Another allocation of the run's database (e.g. every layer at "q8:0.0000": uniform int8), its
+    cells stitched as the search scored them and built on the run's runtime like ``load``'s model."""
+    from engine.database.stitch import Stitcher
+
+    ctx = _context(run_dir)
+    runtime = runtime or runtime_of(ctx, read_result(ctx.run_dir))
+    names = ctx.loaded.layer_names
+    with Stitcher(ctx.loaded.model, names, ctx.database) as stitcher:
+        stitcher.apply({name: levels[name] for name in names})
+        final = copy.deepcopy(ctx.loaded.model).eval()
+    executable = ctx.backend.build(ctx.loaded, final, levels, ctx.table, ctx.profile.hardware)
+    return executable.eval() if runtime == "eager" else compiled_model(ctx, executable)
 
 
 def compiled_model(ctx: RunContext, executable: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ held-out quality (cosine of the outputs to the dense model's: the mean, the 10th
 
     pruned            the run's model on its runtime (engine.deploy.load)
     pruned-eager      the same weights on our kernels in eager PyTorch (when the run is compiled)
+    uniform-int8      every layer at dense int8 from the run's database, on the run's runtime (grid.int8)
     torch, onednn     the dense model eager (MKL; oneDNN pre-packed Linears)
     compiled          the dense model under torch.compile (inductor, frozen weights)
     onnxruntime       the dense model in ONNX Runtime fp32          (encoders)
@@ -35,6 +36,8 @@ REFERENCE_POINTS = ("onnxruntime-int8",)
 def runtimes_for(ctx, result: dict) -> list[str]:
     """The runtimes ``spdy bench`` compares for a run."""
     names = ["pruned"] + (["pruned-eager"] if result.get("runtime") == "compiled" else [])
+    if ctx.profile.grid.int8:
+        names.append("uniform-int8")
     names += ["torch", "onednn", "compiled"]
     from engine.runtime.paths import onnx_exportable
 
@@ -45,13 +48,17 @@ def runtimes_for(ctx, result: dict) -> list[str]:
 
 def _build(ctx, name: str, workdir: Path):
     """(a callable running the timing batch, a callable computing outputs for any inputs)."""
-    from engine.deploy import load
+    from engine.deploy import allocation_model, load
+    from engine.timing.calibrate import DENSE_INT8
     from engine.runtime.execution import forward
     from engine.runtime.paths import dense_path
 
     loaded, inputs = ctx.loaded, ctx.timing_inputs()
-    if name in ("pruned", "pruned-eager"):
-        model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None)
+    if name in ("pruned", "pruned-eager", "uniform-int8"):
+        if name == "uniform-int8":
+            model = allocation_model(ctx.run_dir, {layer: DENSE_INT8 for layer in loaded.layer_names})
+        else:
+            model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None)
         return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
     path = dense_path(name, loaded.model, loaded.layer_names, inputs, loaded.run_model, ctx.profile.hardware.threads, workdir)
     return (lambda: path(inputs)), path
@@ -195,7 +202,8 @@ def png(report: dict) -> bytes:
     labels = [row["runtime"] for row in rows][::-1]
     ms = [row["ms"] for row in rows][::-1]
     errors = np.array([[row["ms"] - row["iqr_ms"][0], row["iqr_ms"][1] - row["ms"]] for row in rows][::-1]).T
-    colours = ["tab:green" if label.startswith("pruned") else "tab:gray" for label in labels]
+    colours = ["tab:green" if label.startswith("pruned") else "tab:blue" if label == "uniform-int8" else "tab:gray"
+               for label in labels]
     axes.barh(labels, ms, xerr=errors, color=colours)
     for y, row in enumerate(rows[::-1]):
         axes.text(row["ms"], y, f" {row['speedup']:.2f}x", va="center", fontsize=8)

@@ -11,9 +11,11 @@ the search continues from its best coefficients at a target tightened by the mea
     X' = X_search * X / m,
 
 (the table's prediction was optimistic by X_search / m on this allocation; the same factor is asked
-of the next one), the final model is rebuilt and measured again; up to ``export.tighten_rounds``
-rounds, each logged as a ``tighten`` event.  If the tighter target cannot be met by the table, or
-the rounds run out, result.json says so with the numbers (``closed_loop``).
+of the next one), held just below the table's fastest allocation (its maximum speedup) when X' is
+beyond it, since that allocation may still measure above X; the final model is rebuilt and measured
+again; up to ``export.tighten_rounds`` rounds, each logged as a ``tighten`` event.  If the table's
+fastest allocation was already searched for, the tighter target cannot be met by the table, or the
+rounds run out, result.json says so with the numbers (``closed_loop``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from engine.run.stages.final import make_final
 from engine.run.stages.search import run_search
 from engine.search.dp import InfeasibleTarget
 from engine.search.spdy import SearchSettings
+
+
+FASTEST_MARGIN = 1e-4  # a tightened target is held this far below the table's maximum, so the DP can meet it
 
 
 def is_done(ctx: RunContext) -> bool:
@@ -60,7 +65,11 @@ def make(ctx: RunContext) -> None:
     for round_number in range(1, export.tighten_rounds + 1):
         if not falls_short(outcome, target, export.tighten_tolerance):
             break
-        search_target = search_target * target / outcome["measured"]
+        fastest = ctx.problem().max_speedup * (1 - FASTEST_MARGIN)
+        if search_target >= fastest:
+            stopped = f"the table's fastest allocation ({fastest:.4f}x) was already searched for"
+            break
+        search_target = min(search_target * target / outcome["measured"], fastest)
         ctx.log.emit("tighten", round=round_number, target=target, measured=outcome["measured"], search_target=search_target)
         try:
             problem = ctx.problem(search_target)

@@ -41,6 +41,9 @@ def test_a_short_measurement_tightens_the_target_by_the_shortfall_and_searches_o
     }
     assert after["measured_speedup"] == 1.6 and after["search_target"] == tightened and after["target_speedup"] == 1.5
     assert after["predicted_speedup"] >= tightened
+    speeds = [entry["predicted_speedup"] for entry in after["baselines"].values() if entry["predicted_speedup"] is not None]
+    assert speeds and min(speeds) >= tightened  # the baselines were computed again, at the same target as SPDY's
+    assert after["baselines"] != before["baselines"]
     events = list(read_events(finished / "events.jsonl"))
     tighten = [e for e in events if e["type"] == "tighten"]
     assert [(e["round"], e["target"], e["measured"], e["search_target"]) for e in tighten] == [(1, 1.5, 1.2, tightened)]

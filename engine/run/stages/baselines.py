@@ -31,8 +31,9 @@ def allocation_for(ctx: RunContext, name: str, problem: Problem) -> Allocation:
     return baselines.global_magnitude(problem, weights)
 
 
-def make(ctx: RunContext) -> None:
-    problem = ctx.problem()
+def make(ctx: RunContext, target: float | None = None) -> None:
+    """Every baseline at the profile's target (or ``target``: the closed loop's tightened one)."""
+    problem = ctx.problem(target)
     scorer = ctx.scorer()
     records = {}
     for name in ctx.profile.search.baselines:

@@ -15,7 +15,9 @@ of the next one), held just below the table's fastest allocation (its maximum sp
 beyond it, since that allocation may still measure above X; the final model is rebuilt and measured
 again; up to ``export.tighten_rounds`` rounds, each logged as a ``tighten`` event.  If the table's
 fastest allocation was already searched for, the tighter target cannot be met by the table, or the
-rounds run out, result.json says so with the numbers (``closed_loop``).
+rounds run out, result.json says so with the numbers (``closed_loop``).  After a round, the
+baselines are computed again at the last round's target, so SPDY and they stay compared at the
+same predicted speedup.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import dataclasses
 from engine.export.result import allocation, read_result, update_result
 from engine.run import products
 from engine.run.context import RunContext
+from engine.run.stages import baselines
 from engine.run.stages.final import make_final
 from engine.run.stages.search import run_search
 from engine.search.dp import InfeasibleTarget
@@ -90,9 +93,13 @@ def make(ctx: RunContext) -> None:
         if export.tighten_rounds and falls_short(outcome, target, export.tighten_tolerance):
             stopped = f"still short after {export.tighten_rounds} rounds of tightening"
     met = not falls_short(outcome, target, export.tighten_tolerance)
+    extra = {}
+    if rounds:  # the baselines at the same (tightened) target as SPDY's final allocation
+        baselines.make(ctx, rounds[-1]["search_target"])
+        extra["baselines"] = ctx.baselines_record
     update_result(ctx.run_dir, measured_speedup=outcome["measured"], verify=outcome, closed_loop={
         "rounds": rounds, "search_target": search_target, "promise_met": met, "stopped": stopped,
-    })
+    }, **extra)
 
 
 def remeasure(ctx: RunContext) -> dict:

@@ -4,7 +4,7 @@ A candidate is a coefficient vector c in [0, 1]^L over the searchable layers.  I
 the DP optimum for the costs e[l][i] = c_l * (r_i / (n_l - 1))^2 (r_i: the level's rank, ``Problem.prior``) under the time budget, and its
 score is the calibration loss of the model stitched at that allocation.  The search:
 
-1. scores ``random_inits`` vectors c ~ U(0, 1)^L and keeps the best;
+1. scores ``random_inits`` vectors c ~ U(0, 1)^L (after ``start``, when given) and keeps the best;
 2. for k = round(layer_fraction * L) down to 1: opens a window of up to ``window`` tries, each
    copying the best c and re-sampling k coordinates (indices drawn with replacement) uniformly
    in [0, 1]; the first try that strictly lowers the loss is accepted and a new window opens at
@@ -97,7 +97,7 @@ class Search:
         self.history: list[Evaluation] = []
         self.best_loss = math.inf
         self.best_c: np.ndarray | None = None
-        self.start = start  # continue from these coefficients instead of random ones (the closed loop)
+        self.start = start  # coefficients scored before the random inits (the closed loop: the previous best)
 
     # ------------------------------------------------------------------ one candidate
     def allocate(self, c: np.ndarray) -> Allocation:
@@ -142,10 +142,9 @@ class Search:
         settings, n_layers = self.settings, len(self.searchable)
         if n_layers == 0:
             raise ValueError("no layer has more than one usable level: nothing to search")
+        inits = [np.random.default_rng([settings.seed, 0, 0, i]).uniform(0, 1, n_layers) for i in range(settings.random_inits)]
         if self.start is not None:
-            inits = [np.asarray(self.start, dtype=float)]
-        else:
-            inits = [np.random.default_rng([settings.seed, 0, 0, i]).uniform(0, 1, n_layers) for i in range(settings.random_inits)]
+            inits.insert(0, np.asarray(self.start, dtype=float))
         for start in range(0, len(inits), settings.batch):
             self._score_batch(inits[start : start + settings.batch], "init", 0)
         window_index = 0

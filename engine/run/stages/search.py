@@ -37,7 +37,7 @@ def make(ctx: RunContext) -> None:
 def run_search(ctx: RunContext, problem, start=None, settings: SearchSettings | None = None) -> dict:
     """SPDY's search on ``problem``, every evaluation logged; the search record (search.json's fields).
 
-    ``start``: continue from these coefficients (the closed loop) instead of random ones.  Losses of
+    ``start``: coefficients scored first, before the random inits (the closed loop).  Losses of
     allocations already in the log are replayed, whatever round scored them: an allocation's loss
     does not depend on the target.  Evaluations are numbered on from those already logged."""
     config = ctx.profile.search

@@ -4,7 +4,7 @@
 #   make demo   the small digits CNN profile (minutes)
 PYTHON ?= python3
 VENV := .venv
-PROFILE ?= profiles/minilm-cpu.toml
+PROFILE ?= profiles/minilm-cpu-int8.toml
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -262,3 +262,17 @@ def test_calibration_makes_the_table_predict_the_measured_uniform_int8_model():
     partial = TimingTable(base=3e-3, prunable=2e-3, layers=[
         LayerTimes("0", levels, (1e-3, 6e-4, 8e-4)), LayerTimes("2", ("0.0000",), (1e-3,))])
     assert calibrate_int8(partial, uniform, None, x, hardware, None) is partial
+
+
+def test_verify_races_every_dense_path_the_profiler_found_close_to_the_reference():
+    from engine.backends.cpu import reference_candidates
+
+    def table(reference: str, medians: dict) -> TimingTable:
+        environment = {"end_to_end": {name: {"median": median} for name, median in medians.items()}}
+        return TimingTable(base=1.0, prunable=0.5, layers=[], dense_baseline=reference, environment=environment)
+
+    medians = {"torch": 0.291, "onednn": 0.288, "compiled": 0.273, "onnxruntime": 0.295}
+    assert reference_candidates(table("compiled", medians)) == ["compiled", "onednn", "onnxruntime", "torch"]
+    medians = {"torch": 0.40, "onednn": 0.30, "compiled": 0.36, "onnxruntime": 0.33}
+    assert reference_candidates(table("onednn", medians)) == ["onednn", "onnxruntime"]  # compiled is 20% slower
+    assert reference_candidates(TimingTable(base=1.0, prunable=0.5, layers=[], dense_baseline="onednn")) == ["onednn"]

@@ -1,0 +1,57 @@
+"""The search's prior over a mixed (int8 + fp32) choice set: levels ranked by error versus grid order.
+
+    .venv/bin/python benchmarks/bench_int8_prior.py RUN_DIR --target 2.0 [--target 1.5 ...]
+
+RUN_DIR is a run with ``grid.int8`` whose timings and database are built.  For each target, the
+profile's full search (same seed, same settings) runs once per prior:
+
+    error rank   each layer's levels ranked by the database's reconstruction error (what runs use:
+                 ``engine.search.budget.error_ranks``), cost (rank / (n - 1))^2
+    grid order   the levels as the grid sorts them, by sparsity with each int8 level right after
+                 the fp32 level of its mask, cost (position / (n - 1))^2: the fp32-only prior as is
+
+and the table gives the final calibration loss, the held-out cosine of the allocation, the number
+of evaluations and the search's seconds.  The prior also drives the "prior" baseline (every
+coefficient 1), shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--target", type=float, action="append", required=True)
+    args = parser.parse_args()
+
+    from engine.model.losses import primary_metric
+    from engine.run.context import RunContext
+    from engine.runtime.execution import set_threads
+    from engine.search.spdy import Search, SearchSettings
+
+    run = RunContext.from_dir(args.run_dir)
+    set_threads(run.profile.hardware.threads)
+    config = run.profile.search
+    settings = SearchSettings(config.random_inits, config.window, config.layer_fraction, config.buckets, seed=run.profile.run.seed)
+    scorer = run.scorer()
+    print("| target | prior | SPDY calibration loss | SPDY held-out cosine | evaluations | seconds | prior-DP baseline loss |")
+    print("|---|---|---|---|---|---|---|")
+    for target in args.target:
+        ranked = run.problem(target)
+        for label, problem in (("error rank", ranked), ("grid order", dataclasses.replace(ranked, ranks=None))):
+            started = time.perf_counter()
+            result = Search(problem, scorer, settings).run()
+            seconds = time.perf_counter() - started
+            heldout = primary_metric(run.heldout_quality(result.allocation.levels))
+            prior = scorer.loss(problem.solve(None, config.buckets).levels)
+            print(f"| {target:g}x | {label} | {result.loss:.6f} | {heldout:.4f} | {result.evaluations} | {seconds:.0f} | {prior:.6f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

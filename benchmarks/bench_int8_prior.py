@@ -1,6 +1,6 @@
 """The search's prior over a mixed (int8 + fp32) choice set: levels ranked by error versus grid order.
 
-    .venv/bin/python benchmarks/bench_int8_prior.py RUN_DIR --target 2.0 [--target 1.5 ...]
+    .venv/bin/python benchmarks/bench_int8_prior.py RUN_DIR --target 2.0 [--target 1.5 ...] [--prior "int8 last" ...]
 
 RUN_DIR is a run with ``grid.int8`` whose timings and database are built.  For each target, the
 profile's full search (same seed, same settings) runs once per prior:
@@ -9,6 +9,7 @@ profile's full search (same seed, same settings) runs once per prior:
                  ``engine.search.budget.error_ranks``), cost (rank / (n - 1))^2
     grid order   the levels as the grid sorts them, by sparsity with each int8 level right after
                  the fp32 level of its mask, cost (position / (n - 1))^2: the fp32-only prior as is
+    int8 last    the fp32 levels by sparsity, then the int8 levels: choices appended to the grid
 
 and the table gives the final calibration loss, the held-out cosine of the allocation, the number
 of evaluations and the search's seconds.  The prior also drives the "prior" baseline (every
@@ -23,11 +24,25 @@ import time
 from pathlib import Path
 
 
+def int8_last(levels: list[list[str]]) -> list[list[int]]:
+    """Ranks putting each layer's fp32 levels first (in grid order), then its int8 levels."""
+    ranks = []
+    for labels in levels:
+        order = sorted(range(len(labels)), key=lambda column: (labels[column].startswith("q8:"), column))
+        rank = [0] * len(labels)
+        for position, column in enumerate(order):
+            rank[column] = position
+        ranks.append(rank)
+    return ranks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--target", type=float, action="append", required=True)
+    parser.add_argument("--prior", action="append", default=None, help="error rank, grid order, int8 last (default: all)")
     args = parser.parse_args()
+    args.prior = args.prior or ["error rank", "grid order", "int8 last"]
 
     from engine.model.losses import primary_metric
     from engine.run.context import RunContext
@@ -43,7 +58,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for target in args.target:
         ranked = run.problem(target)
-        for label, problem in (("error rank", ranked), ("grid order", dataclasses.replace(ranked, ranks=None))):
+        priors = {"error rank": ranked, "grid order": dataclasses.replace(ranked, ranks=None),
+                  "int8 last": dataclasses.replace(ranked, ranks=int8_last(ranked.levels))}
+        for label, problem in priors.items():
+            if label not in args.prior:
+                continue
             started = time.perf_counter()
             result = Search(problem, scorer, settings).run()
             seconds = time.perf_counter() - started

@@ -130,9 +130,9 @@ def verify(loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any
         max_spread=hardware.max_spread,
     )
     reference = min(references, key=lambda name: stats[f"dense {name}"].median)
-    fields = outcome(predicted, stats[f"dense {reference}"], stats["sparse"], reference, error)
+    medians = {name: stats[f"dense {name}"].median for name in references}
+    fields = outcome(predicted, stats[f"dense {reference}"], stats["sparse"], reference, error, medians)
     fields["runtime"] = getattr(hardware, "runtime", "eager")
-    fields["references"] = {name: stats[f"dense {name}"].median for name in references}
     return fields
 
 

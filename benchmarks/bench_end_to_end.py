@@ -40,10 +40,7 @@ def stitched_and_sparse(run, loaded, levels: dict[str, str]):
     """The model stitched at ``levels`` from the run's database, and its sparse-kernel build."""
     from engine.backends.cpu import build_sparse_model, layer_path
 
-    shared = run.stitcher
-    shared.apply(levels)
-    stitched = copy.deepcopy(loaded.model).eval()
-    shared.restore()
+    stitched = run.stitcher.copy(levels)
     return stitched, build_sparse_model(stitched, levels, layer_path(run.table))
 
 

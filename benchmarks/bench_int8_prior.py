@@ -26,14 +26,9 @@ from pathlib import Path
 
 def int8_last(levels: list[list[str]]) -> list[list[int]]:
     """Ranks putting each layer's fp32 levels first (in grid order), then its int8 levels."""
-    ranks = []
-    for labels in levels:
-        order = sorted(range(len(labels)), key=lambda column: (labels[column].startswith("q8:"), column))
-        rank = [0] * len(labels)
-        for position, column in enumerate(order):
-            rank[column] = position
-        ranks.append(rank)
-    return ranks
+    from engine.search.budget import ranks_by
+
+    return [ranks_by([(label.startswith("q8:"), column) for column, label in enumerate(labels)]) for labels in levels]
 
 
 def main() -> None:

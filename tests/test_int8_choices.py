@@ -147,9 +147,7 @@ def test_stitching_an_int8_level_computes_what_the_kernel_computes(built):
 def test_the_final_model_keeps_its_int8_layers_across_the_file(built, tmp_path):
     loaded, database = built
     levels = {LAYERS[0]: "q8:0.0000", LAYERS[1]: "q8:0.9000"}
-    with Stitcher(loaded.model, LAYERS[:2], database) as stitcher:
-        stitcher.apply(levels)
-        final = copy.deepcopy(loaded.model).eval()
+    final = Stitcher(loaded.model, LAYERS[:2], database).copy(levels)
     products.write_final(tmp_path, final)
     again = products.load_final(tmp_path, loaded.model)
     for name in levels:
@@ -170,9 +168,7 @@ def test_the_final_model_keeps_its_int8_layers_across_the_file(built, tmp_path):
 def test_exported_weights_hold_the_int8_codes_and_a_plain_state_dict(built, tmp_path):
     loaded, database = built
     levels = {LAYERS[0]: "q8:0.0000", LAYERS[1]: "0.9000"}
-    with Stitcher(loaded.model, LAYERS[:2], database) as stitcher:
-        stitcher.apply(levels)
-        final = copy.deepcopy(loaded.model).eval()
+    final = Stitcher(loaded.model, LAYERS[:2], database).copy(levels)
     write_pruned_weights(tmp_path, final, {"allocation": levels})
     state = load_file(str(tmp_path / "pruned.safetensors"))
     assert not [key for key in state if key.endswith("weight_scale")]
@@ -225,9 +221,7 @@ def test_the_profiler_times_int8_levels_on_the_modules_that_run_them():
 def test_verify_checks_every_int8_kernel_exactly(built, monkeypatch):
     loaded, database = built
     levels = {**{name: DENSE for name in loaded.layer_names}, LAYERS[0]: "q8:0.0000", LAYERS[1]: "q8:0.9000"}
-    with Stitcher(loaded.model, LAYERS[:2], database) as stitcher:
-        stitcher.apply({name: levels[name] for name in LAYERS[:2]})
-        final = copy.deepcopy(loaded.model).eval()
+    final = Stitcher(loaded.model, LAYERS[:2], database).copy({name: levels[name] for name in LAYERS[:2]})
     _, inputs = minilm_and_inputs()
     check_int8_layers(loaded, final, levels, inputs[0])
     import engine.backends.cpu as cpu

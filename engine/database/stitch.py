@@ -8,6 +8,7 @@ compute, up to float32 rounding, and the calibration loss the search minimises i
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 from torch import nn
@@ -29,6 +30,7 @@ class Stitcher:
         if model.training:
             raise ValueError("stitch a model in eval mode: BatchNorm must keep the dense running statistics")
         self.database = database
+        self.model = model
         self.modules = {name: model.get_submodule(name) for name in layer_names}
         self.dense = {name: module.weight.data for name, module in self.modules.items()}
         self.current = {name: DENSE for name in layer_names}
@@ -49,6 +51,16 @@ class Stitcher:
             self.current[name] = level
             swapped += 1
         return swapped
+
+    def copy(self, levels: dict[str, str]) -> nn.Module:
+        """A deep copy of the model stitched at ``levels`` (int8 layers marked), in eval mode; the model
+        itself is left at the levels it had."""
+        before = dict(self.current)
+        self.apply(levels)
+        try:
+            return copy.deepcopy(self.model).eval()
+        finally:
+            self.apply(before)
 
     def restore(self) -> None:
         """Put every original dense tensor back (the very same tensors: bit-identical)."""

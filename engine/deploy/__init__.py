@@ -24,7 +24,6 @@ speedup is a fact about that machine.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,14 +94,9 @@ def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
 def allocation_model(run_dir: str | Path, levels: dict[str, str], runtime: str | None = None) -> nn.Module:
     """Another allocation of the run's database (e.g. every layer at "q8:0.0000": uniform int8), its
     cells stitched as the search scored them and built on the run's runtime like ``load``'s model."""
-    from engine.database.stitch import Stitcher
-
     ctx = _context(run_dir)
     runtime = runtime or runtime_of(ctx, read_result(ctx.run_dir))
-    names = ctx.loaded.layer_names
-    with Stitcher(ctx.loaded.model, names, ctx.database) as stitcher:
-        stitcher.apply({name: levels[name] for name in names})
-        final = copy.deepcopy(ctx.loaded.model).eval()
+    final = ctx.stitcher.copy({name: levels[name] for name in ctx.loaded.layer_names})
     executable = ctx.backend.build(ctx.loaded, final, levels, ctx.table, ctx.profile.hardware)
     return executable.eval() if runtime == "eager" else compiled_model(ctx, executable)
 

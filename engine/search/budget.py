@@ -95,13 +95,16 @@ def error_ranks(names: list[str], levels: list[list[str]], errors: dict[str, dic
     ranks = []
     for name, labels in zip(names, levels):
         known = errors.get(name, {})
-        key = [(0.0 if label == DENSE else known.get(label, math.inf), position) for position, label in enumerate(labels)]
-        order = sorted(range(len(labels)), key=key.__getitem__)
-        rank = [0] * len(labels)
-        for position, column in enumerate(order):
-            rank[column] = position
-        ranks.append(rank)
+        ranks.append(ranks_by([(0.0 if label == DENSE else known.get(label, math.inf), i) for i, label in enumerate(labels)]))
     return ranks
+
+
+def ranks_by(keys: list) -> list[int]:
+    """Each item's position when the items are sorted by ``keys`` (distinct keys: ties broken inside them)."""
+    rank = [0] * len(keys)
+    for position, column in enumerate(sorted(range(len(keys)), key=keys.__getitem__)):
+        rank[column] = position
+    return rank
 
 
 def scaled_costs(prior: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -48,9 +48,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     if export.sequential and ctx.profile.database.method == "obs":
         final = sequential_model(ctx, dict(zip(loaded.layer_names, levels)))
     else:
-        scorer.stitcher.apply(dict(zip(loaded.layer_names, levels)))
-        final = copy.deepcopy(loaded.model)
-        scorer.stitcher.restore()
+        final = scorer.stitcher.copy(dict(zip(loaded.layer_names, levels)))
     if export.gap:
         from engine.database.gap import global_adaprune
 

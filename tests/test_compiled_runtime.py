@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.runtime.compiled import CompiledModel, _pad, _Runner, compile_model
+from engine.runtime.int8 import Int8Linear
 from engine.runtime.modules import SparseLinear
 from engine.runtime.modules import replace_submodule
 from engine.runtime.ops import OpSparseLinear, csr_linear, use_custom_ops
@@ -154,6 +155,35 @@ def test_stacking_sibling_sparse_layers(stack):
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
     if "fxgraph_cache_hit" not in compiled.cache:  # a cached graph was stacked when it was compiled
         assert compiled.cache.get("spdy_stacked_groups", 0) == (1 if stack else 0)
+    torch._dynamo.reset()
+
+
+class SharedInt8Input(nn.Module):
+    """Three int8 projections of one input (like Q, K and V), of different heights, and one of another."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.q, self.k, self.v, self.out = (
+            Int8Linear.from_float(torch.randn(rows, 40, generator=generator), torch.randn(rows, generator=generator))
+            for rows in (40, 40, 56, 40)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x), self.out(x.flip(-1))], dim=-1)
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_joining_sibling_int8_layers_is_exact(join):
+    """Q, K and V's int8 GEMMs run as one on the weights side by side: int32 sums are exact, so the
+    compiled model's output is the eager model's bit for bit, joined or not."""
+    model = SharedInt8Input().eval()
+    x = torch.randn(2, 70, 40)
+    compiled = compile_model(model, x, stack_siblings=join)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+    if "fxgraph_cache_hit" not in compiled.cache:
+        assert compiled.cache.get("spdy_joined_int_mm", 0) == (1 if join else 0)
     torch._dynamo.reset()
 
 

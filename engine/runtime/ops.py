@@ -142,7 +142,7 @@ def sparsify_with_ops(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- sibling fusion
-FUSION_VERSION = 1  # part of the pass's uuid: bump when the pass changes (invalidates cached graphs)
+FUSION_VERSION = 2  # part of the pass's uuid: bump when the pass changes (invalidates cached graphs)
 
 
 def fuse_sibling_csr_linears(graph: torch.fx.Graph) -> int:
@@ -215,15 +215,73 @@ def _fuse_group(gm: torch.fx.GraphModule, graph: torch.fx.Graph, x: torch.fx.Nod
         graph.erase_node(node)
 
 
+def fuse_sibling_int_mm(graph: torch.fx.Graph) -> int:
+    """Join ``aten._int_mm`` calls that share their int8 input and have frozen weights (an int8 model's
+    Q, K and V projections, whose input quantization inductor already shares) into one call on the
+    weights side by side, followed by slices of its int32 output; returns how many groups were joined.
+
+        [acc_Q | acc_K | acc_V] = p @ [Q^T | K^T | V^T]
+
+    The int32 sums are exact, so every slice equals its own call's result bit for bit; one GEMM of
+    width 3 x 384 ran 1.2x faster than three of 384 on MiniLM's 2048 tokens (2 threads, oneDNN VNNI).
+    An inductor post-grad pass like ``fuse_sibling_csr_linears``; needs ``freezing``."""
+    gm = graph.owning_module
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in graph.find_nodes(op="call_function", target=torch.ops.aten._int_mm.default):
+        weight = node.args[1]
+        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and node.meta.get("val") is not None:
+            groups.setdefault(node.args[0], []).append(node)
+    fused = 0
+    for p, nodes in groups.items():
+        if len(nodes) > 1:
+            _join_int_mm(gm, graph, p, nodes, fused)
+            fused += 1
+    if fused:
+        graph.lint()
+        from torch._dynamo.utils import counters
+
+        counters["inductor"]["spdy_joined_int_mm"] += fused
+    return fused
+
+
+def _join_int_mm(gm: torch.fx.GraphModule, graph: torch.fx.Graph, p: torch.fx.Node, nodes: list, index: int) -> None:
+    weights = [getattr(gm, node.args[1].target) for node in nodes]
+    joined = torch.cat(weights, dim=1).contiguous()
+    order = {node: position for position, node in enumerate(graph.nodes)}
+    with graph.inserting_before(min(nodes, key=order.__getitem__)):
+        name = f"_spdy_joined_int8_{index}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, joined)
+        attr = graph.get_attr(name)
+        fake_mode = getattr(nodes[0].meta["val"], "fake_mode", None)
+        if fake_mode is not None:
+            attr.meta["val"] = fake_mode.from_tensor(joined, static_shapes=True)
+        call = graph.call_function(torch.ops.aten._int_mm.default, (p, attr))
+        out = nodes[0].meta["val"]
+        call.meta["val"] = out.new_empty(out.shape[0], joined.shape[1])
+        start = 0
+        for node in nodes:
+            columns = node.meta["val"].shape[1]
+            piece = graph.call_function(torch.ops.aten.slice.Tensor, (call, 1, start, start + columns))
+            piece.meta["val"] = call.meta["val"][:, start : start + columns]
+            node.replace_all_uses_with(piece)
+            start += columns
+    for node in nodes:
+        graph.erase_node(node)
+
+
 @functools.lru_cache(maxsize=None)
 def _fusion_pass_class() -> type:
     from torch._inductor.custom_graph_pass import CustomGraphPass  # imports inductor: only when compiling
 
     class FuseSiblingSparseLinears(CustomGraphPass):
-        """``fuse_sibling_csr_linears`` as an inductor pass with a stable uuid (graphs stay cacheable)."""
+        """``fuse_sibling_csr_linears`` and ``fuse_sibling_int_mm`` as an inductor pass with a stable
+        uuid (graphs stay cacheable)."""
 
         def __call__(self, graph: torch.fx.Graph) -> None:
             fuse_sibling_csr_linears(graph)
+            fuse_sibling_int_mm(graph)
 
         def uuid(self) -> str:
             return f"spdy-fuse-sibling-csr-linear-{FUSION_VERSION}"

@@ -288,6 +288,13 @@ def test_sigkilled_finetune_resumes_to_bit_identical_weights(tuned):
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
+def test_hidden_weight_needs_a_model_with_blocks(tmp_path):
+    run_dir = finished_run(tmp_path)
+    result = run_cli("finetune", run_dir, "--hidden-weight", 1, "--epochs", 1, "--no-verify")
+    assert result.exit_code == 2, result.output
+    assert "--hidden-weight: the model has no list of blocks" in result.output and "Traceback" not in result.output
+
+
 def test_clear_errors_for_a_run_directory_without_result(tmp_path):
     missing = run_cli("finetune", tmp_path / "nowhere")
     assert missing.exit_code == Exit.BAD_INPUT and "no such run directory" in missing.output

@@ -52,7 +52,8 @@ from engine.model.losses import primary_metric, resolve_loss
 from engine.core.errors import RunError
 from engine.run.context import RunContext
 from engine.export.schedule import GMPSchedule
-from engine.recovery.settings import DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, resolve, schedule_of
+from engine.recovery import hidden
+from engine.recovery.settings import DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, learning_rate, resolve, schedule_of
 from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
 
 @dataclass
@@ -62,13 +63,17 @@ class Finetune:
     run: RunContext
     out: Path
     settings: dict  # every Options field resolved (threads included)
-    schedule: GMPSchedule
+    schedule: GMPSchedule | None  # the GMP schedule of a gradual start; None for a one-shot start
     rows: list[dict]  # the allocation: {"name", "level", "time"} per layer, in execution order
     predicted_speedup: float
     run_heldout: float | None  # the run's own one-shot held-out metric of this allocation
     state: dict | None  # state.json when continuing
     epochs_done: int = 0  # epochs with a checkpoint on disk
     verify: bool = True  # re-measure the speedup at the end (default: the profile's export.verify)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.settings["epochs"])
 
     @property
     def levels(self) -> dict[str, str]:
@@ -181,7 +186,7 @@ def execute(ft: Finetune) -> dict:
     """Fine-tune (continuing from the last checkpoint), export, verify; returns result.json's content."""
     threads = torch.get_num_threads()
     torch.set_num_threads(int(ft.settings["threads"]))
-    log, epochs = ft.run.log, ft.schedule.num_epochs
+    log, epochs = ft.run.log, ft.epochs
     try:
         if ft.state and ft.state.get("done") and (ft.out / "result.json").exists():
             return read_json_object(ft.out / "result.json")
@@ -202,7 +207,7 @@ def _train_and_export(ft: Finetune) -> dict:
     from engine.model.losses import LOSSES
     from engine.core.masks import nm_ineligibility
 
-    run, settings, schedule, log = ft.run, ft.settings, ft.schedule, ft.run.log
+    run, settings, schedule, epochs, log = ft.run, ft.settings, ft.schedule, ft.epochs, ft.run.log
     loaded, data = run.loaded, run.data
     unknown = [name for name in ft.levels if name not in loaded.layer_names]
     if unknown:
@@ -214,6 +219,11 @@ def _train_and_export(ft: Finetune) -> dict:
         reason = parse_nm(level) and nm_ineligibility(loaded.module(name).weight.shape, parse_nm(level))
         if reason:
             raise RunError(f"layer {name}: {reason}")
+    hidden_weight = float(settings["hidden_weight"])
+    blocks = hidden.block_names(loaded.model, list(ft.levels)) if hidden_weight else []
+    if hidden_weight and not blocks:
+        raise RunError("--hidden-weight: the model has no list of blocks (nn.ModuleList) holding its prunable layers; "
+                       "use --hidden-weight 0")
     train = training_set(ft.run.profile, ft.settings["data"], ft.settings["train_samples"], loaded, data)
     try:
         loss_name = resolve_loss(settings["loss"], loaded.task, train.labels is not None, option="--loss")
@@ -235,16 +245,17 @@ def _train_and_export(ft: Finetune) -> dict:
         except (checkpoint.CheckpointError, ValueError) as exc:
             raise RunError(f"cannot resume {ft.out}: {exc}") from None
         start, history = int(ft.state["epoch"]), list(ft.state.get("history", []))
-    record = {"settings": settings, "schedule": schedule.as_dict(), "levels": ft.levels, "loss": loss_name}
-    log.emit("finetune", phase="started", epoch=start, epochs=schedule.num_epochs, allocation=settings["allocation"],
-             out=str(ft.out), samples=len(train), loss=loss_name, schedule=schedule.as_dict(), resume=ft.state is not None)
+    plan = schedule.as_dict() if schedule else None
+    record = {"settings": settings, "schedule": plan, "levels": ft.levels, "loss": loss_name}
+    log.emit("finetune", phase="started", epoch=start, epochs=epochs, allocation=settings["allocation"],
+             out=str(ft.out), samples=len(train), loss=loss_name, schedule=plan, resume=ft.state is not None)
 
     steps = math.ceil(len(train) / batch_size)
     every = max(1, steps // STEP_EVENTS_PER_EPOCH)
-    for epoch in range(start, schedule.num_epochs):
+    for epoch in range(start, epochs):
         sparsities = masks.update(epoch)
         if sparsities is not None:
-            log.emit("finetune", phase="prune", epoch=epoch, epochs=schedule.num_epochs, sparsity=sparsities,
+            log.emit("finetune", phase="prune", epoch=epoch, epochs=epochs, sparsity=sparsities,
                      pruned=masks.pruned_counts())
         seed = epoch_seed(run.profile.run.seed, epoch)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
@@ -253,9 +264,18 @@ def _train_and_export(ft: Finetune) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout, if the model has any
             for step, index in enumerate(order.split(batch_size), start=1):
-                output = loaded.run_model(student, train.batch(index))
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)
+                inputs = train.batch(index)
+                with hidden.recording(student, blocks) as student_states:
+                    output = loaded.run_model(student, inputs)
                 loss = loss_fn(output, None if teacher is None else teacher[index],
                                None if train.labels is None else train.labels[index])
+                if blocks:
+                    with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states:
+                        loaded.run_model(loaded.model, inputs)
+                    mask = hidden.token_mask(inputs, dense_states)
+                    loss = loss + hidden_weight * hidden.hidden_loss(student_states, dense_states, mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 masks.mask_gradients()
@@ -263,7 +283,7 @@ def _train_and_export(ft: Finetune) -> dict:
                 masks.apply()
                 total += float(loss.detach()) * len(index)
                 if step % every == 0 or step == steps:
-                    log.emit("finetune", phase="step", epoch=epoch, epochs=schedule.num_epochs, step=step, steps=steps,
+                    log.emit("finetune", phase="step", epoch=epoch, epochs=epochs, step=step, steps=steps,
                              loss=float(loss.detach()))
         student.eval()
         metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
@@ -271,12 +291,12 @@ def _train_and_export(ft: Finetune) -> dict:
                         "sparsity": masks.sparsities()})
         checkpoint.save(ft.out, epoch + 1, student, masks.state(), optimizer, {**record, "history": history})
         ft.epochs_done = epoch + 1
-        log.emit("finetune", phase="epoch", epoch=epoch, epochs=schedule.num_epochs, loss=total / len(train),
+        log.emit("finetune", phase="epoch", epoch=epoch, epochs=epochs, loss=total / len(train),
                  heldout=history[-1]["heldout"], sparsity=history[-1]["sparsity"])
     result = _export(ft, loaded, data, student, masks, dense_heldout, loss_name, history, len(train))
-    checkpoint.write_state(ft.out, {**record, "history": history, "epoch": schedule.num_epochs,
-                                    "checkpoint": checkpoint.folder_name(schedule.num_epochs), "done": True})
-    log.emit("finetune", phase="done", epoch=schedule.num_epochs, epochs=schedule.num_epochs,
+    checkpoint.write_state(ft.out, {**record, "history": history, "epoch": epochs,
+                                    "checkpoint": checkpoint.folder_name(epochs), "done": True})
+    log.emit("finetune", phase="done", epoch=epochs, epochs=epochs,
              heldout=result["heldout"]["finetuned"], measured_speedup=result["measured_speedup"])
     return result
 
@@ -286,7 +306,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     from engine.model.losses import primary_metric_name
     from engine.core.masks import pruned_count
 
-    levels, schedule, log = ft.levels, ft.schedule, ft.run.log
+    levels, schedule, epochs, log = ft.levels, ft.schedule, ft.epochs, ft.run.log
     layers, pruned = [], masks.pruned_counts()
     for row in ft.rows:
         weight = student.get_submodule(row["name"]).weight
@@ -297,16 +317,16 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         layers.append({**row, "numel": weight.numel(), "pruned": expected, "zeros": int((weight == 0).sum())})
     weights.write_pruned_weights(ft.out, student, {
         "allocation": levels, "source": "spdy finetune", "start": ft.settings["start"],
-        "schedule": schedule.as_dict() if ft.settings["start"] == "gradual" else None, "seed": ft.run.profile.run.seed,
+        "schedule": schedule.as_dict() if schedule else None, "seed": ft.run.profile.run.seed,
     })
-    if ft.settings["start"] == "gradual":
+    if schedule:
         files.write_recipe(ft.out, layers, schedule)  # the schedule it followed; a one-shot start had none
     metrics = heldout(loaded, data, student, dense_heldout) if dense_heldout is not None else {}
     one_shot = heldout(loaded, data, one_shot_magnitude(loaded, levels), dense_heldout) if dense_heldout is not None else {}
     dense = heldout(loaded, data, loaded.model, dense_heldout) if dense_heldout is not None else {}
     outcome = _verify(ft, loaded, student) if ft.verify else None
     if outcome is not None:
-        log.emit("finetune", phase="verify", epoch=schedule.num_epochs, epochs=schedule.num_epochs, **outcome)
+        log.emit("finetune", phase="verify", epoch=epochs, epochs=epochs, **outcome)
     result = {
         "allocation": ft.settings["allocation"],
         "target_speedup": _run_result(ft).get("target_speedup"),
@@ -322,8 +342,9 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         },
         "metrics": {"finetuned": metrics, "one_shot_magnitude": one_shot},
         "layers": layers,
-        "schedule": schedule.as_dict() if ft.settings["start"] == "gradual" else None,
-        "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "batch_size": ft.settings["batch_size"],
+        "schedule": schedule.as_dict() if schedule else None,
+        "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
+                     "hidden_weight": ft.settings["hidden_weight"], "batch_size": ft.settings["batch_size"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engine.export.schedule import DEFAULT, GMPSchedule
 DISTILLATION_LOSSES = ("kl", "cosine", "mse")
 LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
 START_CHOICES = ("one-shot", "gradual")
+LR_DECAYS = ("constant", "cosine")
 STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
 
 
@@ -38,6 +40,8 @@ class Options:
     batch_size: int | None = None
     train_samples: int | None = None  # 0 = all
     data: str | None = None
+    hidden_weight: float | None = None  # lambda of engine.recovery.hidden (0: the output loss alone)
+    lr_decay: str | None = None  # constant | cosine (over all steps of the fine-tuning)
     threads: int | None = None  # not part of what the result means: may change on resume
 
 
@@ -48,7 +52,7 @@ def defaults(profile) -> dict:
         "allocation": "spdy", "start": "one-shot", "epochs": DEFAULT.num_epochs, "pruning_end": None,
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
         "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
-        "threads": profile.hardware.threads,
+        "hidden_weight": 0.0, "lr_decay": "constant", "threads": profile.hardware.threads,
     }
 
 
@@ -58,7 +62,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     Resuming with a given option that differs from the stored one is refused."""
     chosen_defaults = defaults(profile)
     if stored is not None:
-        stored = {"start": "gradual", **stored}  # fine-tunings from before --start existed began dense
+        # fine-tunings from before --start, --hidden-weight and --lr-decay existed: what they ran
+        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", **stored}
     settings, differ = {}, []
     for field in fields(Options):
         given = getattr(options, field.name)
@@ -72,6 +77,10 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
         raise RunError(f"--start must be one of {', '.join(START_CHOICES)}, got {settings['start']!r}")
     if settings["loss"] not in LOSS_CHOICES:
         raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
+    if settings["lr_decay"] not in LR_DECAYS:
+        raise RunError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {settings['lr_decay']!r}")
+    if not settings["hidden_weight"] >= 0:
+        raise RunError(f"--hidden-weight must be at least 0, got {settings['hidden_weight']}")
     if not settings["lr"] > 0:
         raise RunError(f"--lr must be positive, got {settings['lr']}")
     if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
@@ -79,7 +88,21 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     return settings
 
 
-def schedule_of(settings: dict) -> GMPSchedule:
+def learning_rate(settings: dict, step: int, steps: int) -> float:
+    """The rate of global step ``step`` (0-based) of ``steps``: constant lr, or lr * (1 + cos(pi step / steps)) / 2."""
+    lr = float(settings["lr"])
+    if settings["lr_decay"] == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+    return lr
+
+
+def schedule_of(settings: dict) -> GMPSchedule | None:
+    """The GMP schedule of a gradual start; None for a one-shot start (its masks are fixed: any
+    number of epochs from 1 will do)."""
+    if settings["start"] == "one-shot":
+        if isinstance(settings["epochs"], bool) or not isinstance(settings["epochs"], int) or settings["epochs"] < 1:
+            raise RunError(f"--epochs must be a whole number of at least 1, got {settings['epochs']!r}")
+        return None
     try:
         return GMPSchedule.for_epochs(
             int(settings["epochs"]), settings["pruning_end"], init_sparsity=float(settings["init_sparsity"]),

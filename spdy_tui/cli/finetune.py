@@ -40,6 +40,11 @@ def finetune(
         None, "--loss", metavar="LOSS",
         help="auto (cross-entropy on labels for classifiers, cosine distillation for encoders), cross-entropy, kl, cosine or mse."),
     lr: Optional[float] = option(None, "--lr", metavar="LR", help="Adam learning rate (default 1e-3; 5e-5 for transformers)."),
+    lr_decay: Optional[str] = option(
+        None, "--lr-decay", metavar="HOW", help="constant (default) or cosine: the rate falls to 0 over all steps."),
+    hidden_weight: Optional[float] = option(
+        None, "--hidden-weight", metavar="W",
+        help="Also distil the dense model's hidden states block by block, with this weight (default 0: the output only)."),
     batch_size: Optional[int] = option(None, "--batch-size", metavar="N", help="Training batch size (default 32)."),
     train_samples: Optional[int] = option(
         None, "--train-samples", metavar="N", help="Use a seeded subset of this many training samples (default: all)."),
@@ -63,7 +68,7 @@ def finetune(
     options = engine_finetune.Options(
         allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
-        data=None if data is None else str(data.resolve()), threads=threads,
+        data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay, threads=threads,
     )
     listener = StderrProgress(err)
     try:

@@ -1,0 +1,76 @@
+"""Layer-wise distillation: the student also matches the dense model's hidden states, block by block.
+
+The blocks of a model are the items of its outermost ``nn.ModuleList`` s that hold prunable layers (a
+transformer's layers: ``encoder.layer.0`` ... ``encoder.layer.5`` in MiniLM).  With weight lambda
+(``--hidden-weight``) the training loss of a batch becomes
+
+    L = L_out + lambda * 1/B * sum_b  sum_t m_t ||h^s_bt - h^d_bt||^2  /  sum_t m_t ||h^d_bt||^2
+
+with h^s_bt and h^d_bt the student's and the dense model's output of block b at token t, and m_t the
+attention mask (1 for a real token, 0 for padding; all ones for inputs without one): each block's
+squared error relative to its own energy, so blocks of different scale weigh alike.  The output loss
+alone gives one vector per sentence to learn from; the blocks give one per token and layer, which
+is what lets a pruned layer's neighbours compensate for it early in training.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def block_names(model: nn.Module, layer_names: list[str]) -> list[str]:
+    """The items of the outermost ModuleLists holding any of ``layer_names``, in model order."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or any(name.startswith(block + ".") for block in names):
+            continue
+        for index in range(len(module)):
+            prefix = f"{name}.{index}" if name else str(index)
+            if any(layer.startswith(prefix + ".") for layer in layer_names):
+                names.append(prefix)
+    return names
+
+
+def _first_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def recording(model: nn.Module, names: list[str]) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward of the named submodules appends its output to the yielded list."""
+    states: list[torch.Tensor] = []
+    handles = [
+        model.get_submodule(name).register_forward_hook(lambda _module, _args, output: states.append(_first_tensor(output)))
+        for name in names
+    ]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_mask(inputs, states: list[torch.Tensor]) -> torch.Tensor | None:
+    """The attention mask (batch x tokens) when the inputs have one shaped like the states' first two dims."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if mask is None or not states or tuple(mask.shape) != tuple(states[0].shape[:2]):
+        return None
+    return mask
+
+
+def hidden_loss(student: list[torch.Tensor], dense: list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """1/B sum_b sum_t m_t ||s_bt - d_bt||^2 / sum_t m_t ||d_bt||^2 (the module docstring's second term)."""
+    if len(student) != len(dense) or not student:
+        raise ValueError(f"recorded {len(student)} student and {len(dense)} dense block outputs; expected the same, at least one")
+    total = student[0].new_zeros(())
+    for s, d in zip(student, dense):
+        error, energy = (s - d).pow(2).sum(-1), d.pow(2).sum(-1)
+        if mask is not None:
+            weights = mask.to(error.dtype).reshape(error.shape)
+            error, energy = error * weights, energy * weights
+        total = total + error.sum() / energy.sum().clamp_min(torch.finfo(energy.dtype).tiny)
+    return total / len(student)

@@ -12,7 +12,9 @@ profile's full search (same seed, same settings) runs once per prior:
     int8 last    the fp32 levels by sparsity, then the int8 levels: choices appended to the grid
 
 and the table gives the final calibration loss, the held-out cosine of the allocation, the number
-of evaluations and the search's seconds.  The prior also drives the "prior" baseline (every
+of evaluations and the search's seconds.  ``--evaluations N`` stops each search after N evaluations
+(its best so far is the result): a prior that keeps the search improving for much longer is then
+compared at equal work.  The prior also drives the "prior" baseline (every
 coefficient 1), shown too.
 """
 
@@ -31,18 +33,43 @@ def int8_last(levels: list[list[str]]) -> list[list[int]]:
     return [ranks_by([(label.startswith("q8:"), column) for column, label in enumerate(labels)]) for labels in levels]
 
 
+class EnoughEvaluations(Exception):
+    """The search reached ``--evaluations``."""
+
+
+def capped_search_class():
+    from engine.search.spdy import Search
+
+    class CappedSearch(Search):
+        """The search, stopped (EnoughEvaluations) once it has made ``cap`` evaluations."""
+
+        def __init__(self, *args, cap: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.cap = cap
+
+        def _record(self, evaluation):
+            super()._record(evaluation)
+            if self.cap is not None and self.evaluations >= self.cap:
+                raise EnoughEvaluations
+
+    return CappedSearch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--target", type=float, action="append", required=True)
     parser.add_argument("--prior", action="append", default=None, help="error rank, grid order, int8 last (default: all)")
+    parser.add_argument("--evaluations", type=int, default=None, help="stop each search after this many evaluations")
     args = parser.parse_args()
     args.prior = args.prior or ["error rank", "grid order", "int8 last"]
 
     from engine.model.losses import primary_metric
     from engine.run.context import RunContext
     from engine.runtime.execution import set_threads
-    from engine.search.spdy import Search, SearchSettings
+    from engine.search.spdy import SearchSettings
+
+    CappedSearch = capped_search_class()
 
     run = RunContext.from_dir(args.run_dir)
     set_threads(run.profile.hardware.threads)
@@ -59,11 +86,16 @@ def main() -> None:
             if label not in args.prior:
                 continue
             started = time.perf_counter()
-            result = Search(problem, scorer, settings).run()
+            search = CappedSearch(problem, scorer, settings, cap=args.evaluations)
+            try:
+                result = search.run()
+                levels, loss = result.allocation.levels, result.loss
+            except EnoughEvaluations:
+                levels, loss = search.allocate(search.best_c).levels, search.best_loss
             seconds = time.perf_counter() - started
-            heldout = primary_metric(run.heldout_quality(result.allocation.levels))
+            heldout = primary_metric(run.heldout_quality(levels))
             prior = scorer.loss(problem.solve(None, config.buckets).levels)
-            print(f"| {target:g}x | {label} | {result.loss:.6f} | {heldout:.4f} | {result.evaluations} | {seconds:.0f} | {prior:.6f} |",
+            print(f"| {target:g}x | {label} | {loss:.6f} | {heldout:.4f} | {search.evaluations} | {seconds:.0f} | {prior:.6f} |",
                   flush=True)
 
 

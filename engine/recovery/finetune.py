@@ -72,6 +72,11 @@ class Finetune:
     verify: bool = True  # re-measure the speedup at the end (default: the profile's export.verify)
 
     @property
+    def plan(self) -> dict | None:
+        """The schedule as recorded (state.json, result.json, events): None for a one-shot start."""
+        return self.schedule.as_dict() if self.schedule else None
+
+    @property
     def epochs(self) -> int:
         return int(self.settings["epochs"])
 
@@ -245,7 +250,7 @@ def _train_and_export(ft: Finetune) -> dict:
         except (checkpoint.CheckpointError, ValueError) as exc:
             raise RunError(f"cannot resume {ft.out}: {exc}") from None
         start, history = int(ft.state["epoch"]), list(ft.state.get("history", []))
-    plan = schedule.as_dict() if schedule else None
+    plan = ft.plan
     record = {"settings": settings, "schedule": plan, "levels": ft.levels, "loss": loss_name}
     log.emit("finetune", phase="started", epoch=start, epochs=epochs, allocation=settings["allocation"],
              out=str(ft.out), samples=len(train), loss=loss_name, schedule=plan, resume=ft.state is not None)
@@ -306,7 +311,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     from engine.model.losses import primary_metric_name
     from engine.core.masks import pruned_count
 
-    levels, schedule, epochs, log = ft.levels, ft.schedule, ft.epochs, ft.run.log
+    levels, schedule, epochs, log, plan = ft.levels, ft.schedule, ft.epochs, ft.run.log, ft.plan
     layers, pruned = [], masks.pruned_counts()
     for row in ft.rows:
         weight = student.get_submodule(row["name"]).weight
@@ -317,7 +322,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         layers.append({**row, "numel": weight.numel(), "pruned": expected, "zeros": int((weight == 0).sum())})
     weights.write_pruned_weights(ft.out, student, {
         "allocation": levels, "source": "spdy finetune", "start": ft.settings["start"],
-        "schedule": schedule.as_dict() if schedule else None, "seed": ft.run.profile.run.seed,
+        "schedule": plan, "seed": ft.run.profile.run.seed,
     })
     if schedule:
         files.write_recipe(ft.out, layers, schedule)  # the schedule it followed; a one-shot start had none
@@ -342,7 +347,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         },
         "metrics": {"finetuned": metrics, "one_shot_magnitude": one_shot},
         "layers": layers,
-        "schedule": schedule.as_dict() if schedule else None,
+        "schedule": plan,
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
                      "hidden_weight": ft.settings["hidden_weight"], "batch_size": ft.settings["batch_size"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},

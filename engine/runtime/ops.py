@@ -24,6 +24,7 @@ The operator is inference-only: it has no autograd formula (call it under ``torc
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 from torch import nn
@@ -142,7 +143,7 @@ def sparsify_with_ops(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- sibling fusion
-FUSION_VERSION = 2  # part of the pass's uuid: bump when the pass changes (invalidates cached graphs)
+FUSION_VERSION = 3  # part of the pass's uuid: bump when the pass changes (invalidates cached graphs)
 
 
 def fuse_sibling_csr_linears(graph: torch.fx.Graph) -> int:
@@ -156,25 +157,80 @@ def fuse_sibling_csr_linears(graph: torch.fx.Graph) -> int:
     its panels are re-sized for the taller matrix, which only reorders each row's sum (fp32
     rounding).  Weights are ``get_attr`` constants only with inductor's ``freezing``; without it the
     pass finds nothing to do."""
-    gm = graph.owning_module
+
+    def frozen(node: torch.fx.Node) -> bool:
+        return node.args[0].meta.get("val") is not None and all(
+            isinstance(arg, torch.fx.Node) and arg.op == "get_attr" for arg in node.args[1:5])
+
+    return _fuse_siblings(graph, torch.ops.spdy.csr_linear.default, frozen, _stack_csr, "spdy_stacked_groups")
+
+
+def fuse_sibling_int_mm(graph: torch.fx.Graph) -> int:
+    """Join ``aten._int_mm`` calls that share their int8 input and have frozen weights (an int8 model's
+    Q, K and V projections, whose input quantization inductor already shares) into one call on the
+    weights side by side, followed by slices of its int32 output; returns how many groups were joined.
+
+        [acc_Q | acc_K | acc_V] = p @ [Q^T | K^T | V^T]
+
+    The int32 sums are exact, so every slice equals its own call's result bit for bit.  On MiniLM's
+    shapes (2048 tokens, 3 x 384, 2 threads, oneDNN VNNI) it measured no faster than three calls on a
+    quiet machine (``benchmarks/bench_int8_join.py``, docs/benchmarks.md).  Like
+    ``fuse_sibling_csr_linears``, it needs ``freezing``."""
+
+    def frozen(node: torch.fx.Node) -> bool:
+        weight = node.args[1]
+        return isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and node.meta.get("val") is not None
+
+    return _fuse_siblings(graph, torch.ops.aten._int_mm.default, frozen, _join_int_mm, "spdy_joined_int_mm")
+
+
+def _fuse_siblings(graph: torch.fx.Graph, target, frozen: Callable, fuse: Callable, counter: str) -> int:
+    """Group the calls of ``target`` that pass ``frozen`` by their first argument, ``fuse`` every group
+    of two or more (gm, graph, input, nodes, index), count them in inductor's ``counter``."""
     groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
-    for node in graph.find_nodes(op="call_function", target=torch.ops.spdy.csr_linear.default):
-        if all(isinstance(arg, torch.fx.Node) and arg.op == "get_attr" for arg in node.args[1:5]):
+    for node in graph.find_nodes(op="call_function", target=target):
+        if frozen(node):
             groups.setdefault(node.args[0], []).append(node)
-    fused = 0
-    for x, nodes in groups.items():
-        if len(nodes) > 1 and x.meta.get("val") is not None:
-            _fuse_group(gm, graph, x, nodes, fused)
-            fused += 1
-    if fused:
+    siblings = [(x, nodes) for x, nodes in groups.items() if len(nodes) > 1]
+    for index, (x, nodes) in enumerate(siblings):
+        order = {node: position for position, node in enumerate(graph.nodes)}
+        with graph.inserting_before(min(nodes, key=order.__getitem__)):
+            call = fuse(graph.owning_module, graph, x, nodes, index)
+            _replace_by_slices(graph, call, nodes)
+        for node in nodes:
+            graph.erase_node(node)
+    if siblings:
         graph.lint()
         from torch._dynamo.utils import counters
 
-        counters["inductor"]["spdy_stacked_groups"] += fused
-    return fused
+        counters["inductor"][counter] += len(siblings)
+    return len(siblings)
 
 
-def _fuse_group(gm: torch.fx.GraphModule, graph: torch.fx.Graph, x: torch.fx.Node, nodes: list, index: int) -> None:
+def _constant(gm: torch.fx.GraphModule, graph: torch.fx.Graph, name: str, tensor: torch.Tensor, fake_mode) -> torch.fx.Node:
+    """``tensor`` as a new buffer of ``gm`` (a free name from ``name``) and its ``get_attr`` node."""
+    while hasattr(gm, name):
+        name += "_"
+    gm.register_buffer(name, tensor)
+    attr = graph.get_attr(name)
+    if fake_mode is not None:
+        attr.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True)
+    return attr
+
+
+def _replace_by_slices(graph: torch.fx.Graph, call: torch.fx.Node, nodes: list) -> None:
+    """Every use of each node reads its own columns of ``call``'s last dimension instead, in order."""
+    joined = call.meta["val"]
+    start, dim = 0, joined.dim() - 1
+    for node in nodes:
+        width = node.meta["val"].shape[-1]
+        piece = graph.call_function(torch.ops.aten.slice.Tensor, (call, dim, start, start + width))
+        piece.meta["val"] = joined[..., start : start + width]
+        node.replace_all_uses_with(piece)
+        start += width
+
+
+def _stack_csr(gm: torch.fx.GraphModule, graph: torch.fx.Graph, x: torch.fx.Node, nodes: list, index: int) -> torch.fx.Node:
     import numpy as np
 
     x_val = x.meta["val"]
@@ -190,85 +246,19 @@ def _fuse_group(gm: torch.fx.GraphModule, graph: torch.fx.Graph, x: torch.fx.Nod
         "values": torch.from_numpy(stacked.values), "bias": torch.cat(biases).contiguous(),
     }
     fake_mode = getattr(x_val, "fake_mode", None)
-    order = {node: position for position, node in enumerate(graph.nodes)}
-    with graph.inserting_before(min(nodes, key=order.__getitem__)):
-        attrs = []
-        for key, tensor in tensors.items():
-            name = f"_spdy_stacked{index}_{key}"
-            while hasattr(gm, name):
-                name += "_"
-            gm.register_buffer(name, tensor)
-            attr = graph.get_attr(name)
-            if fake_mode is not None:
-                attr.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True)
-            attrs.append(attr)
-        call = graph.call_function(torch.ops.spdy.csr_linear.default, (x, *attrs, int(stacked.panel_width)))
-        call.meta["val"] = x_val.new_empty(*x_val.shape[:-1], stacked.shape[0])
-        start, dim = 0, x_val.dim() - 1
-        for node in nodes:
-            rows = node.meta["val"].shape[-1]
-            piece = graph.call_function(torch.ops.aten.slice.Tensor, (call, dim, start, start + rows))
-            piece.meta["val"] = call.meta["val"][..., start : start + rows]
-            node.replace_all_uses_with(piece)
-            start += rows
-    for node in nodes:
-        graph.erase_node(node)
+    attrs = [_constant(gm, graph, f"_spdy_stacked{index}_{key}", tensor, fake_mode) for key, tensor in tensors.items()]
+    call = graph.call_function(torch.ops.spdy.csr_linear.default, (x, *attrs, int(stacked.panel_width)))
+    call.meta["val"] = x_val.new_empty(*x_val.shape[:-1], stacked.shape[0])
+    return call
 
 
-def fuse_sibling_int_mm(graph: torch.fx.Graph) -> int:
-    """Join ``aten._int_mm`` calls that share their int8 input and have frozen weights (an int8 model's
-    Q, K and V projections, whose input quantization inductor already shares) into one call on the
-    weights side by side, followed by slices of its int32 output; returns how many groups were joined.
-
-        [acc_Q | acc_K | acc_V] = p @ [Q^T | K^T | V^T]
-
-    The int32 sums are exact, so every slice equals its own call's result bit for bit; one GEMM of
-    width 3 x 384 ran 1.2x faster than three of 384 on MiniLM's 2048 tokens (2 threads, oneDNN VNNI).
-    An inductor post-grad pass like ``fuse_sibling_csr_linears``; needs ``freezing``."""
-    gm = graph.owning_module
-    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
-    for node in graph.find_nodes(op="call_function", target=torch.ops.aten._int_mm.default):
-        weight = node.args[1]
-        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and node.meta.get("val") is not None:
-            groups.setdefault(node.args[0], []).append(node)
-    fused = 0
-    for p, nodes in groups.items():
-        if len(nodes) > 1:
-            _join_int_mm(gm, graph, p, nodes, fused)
-            fused += 1
-    if fused:
-        graph.lint()
-        from torch._dynamo.utils import counters
-
-        counters["inductor"]["spdy_joined_int_mm"] += fused
-    return fused
-
-
-def _join_int_mm(gm: torch.fx.GraphModule, graph: torch.fx.Graph, p: torch.fx.Node, nodes: list, index: int) -> None:
-    weights = [getattr(gm, node.args[1].target) for node in nodes]
-    joined = torch.cat(weights, dim=1).contiguous()
-    order = {node: position for position, node in enumerate(graph.nodes)}
-    with graph.inserting_before(min(nodes, key=order.__getitem__)):
-        name = f"_spdy_joined_int8_{index}"
-        while hasattr(gm, name):
-            name += "_"
-        gm.register_buffer(name, joined)
-        attr = graph.get_attr(name)
-        fake_mode = getattr(nodes[0].meta["val"], "fake_mode", None)
-        if fake_mode is not None:
-            attr.meta["val"] = fake_mode.from_tensor(joined, static_shapes=True)
-        call = graph.call_function(torch.ops.aten._int_mm.default, (p, attr))
-        out = nodes[0].meta["val"]
-        call.meta["val"] = out.new_empty(out.shape[0], joined.shape[1])
-        start = 0
-        for node in nodes:
-            columns = node.meta["val"].shape[1]
-            piece = graph.call_function(torch.ops.aten.slice.Tensor, (call, 1, start, start + columns))
-            piece.meta["val"] = call.meta["val"][:, start : start + columns]
-            node.replace_all_uses_with(piece)
-            start += columns
-    for node in nodes:
-        graph.erase_node(node)
+def _join_int_mm(gm: torch.fx.GraphModule, graph: torch.fx.Graph, p: torch.fx.Node, nodes: list, index: int) -> torch.fx.Node:
+    joined = torch.cat([getattr(gm, node.args[1].target) for node in nodes], dim=1).contiguous()
+    out = nodes[0].meta["val"]
+    attr = _constant(gm, graph, f"_spdy_joined_int8_{index}", joined, getattr(out, "fake_mode", None))
+    call = graph.call_function(torch.ops.aten._int_mm.default, (p, attr))
+    call.meta["val"] = out.new_empty(out.shape[0], joined.shape[1])
+    return call
 
 
 @functools.lru_cache(maxsize=None)

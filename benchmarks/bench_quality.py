@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--modes", default="dense-input,sequential")
     parser.add_argument("--gap", action="store_true", help="also score each variant after global AdaPrune")
     parser.add_argument("--gap-passes", type=int, default=2)
-    parser.add_argument("--gap-lr", type=float, default=1e-5)
+    parser.add_argument("--gap-lr", default="1e-5", help="comma-separated: each rate trained from the same start")
+    parser.add_argument("--gap-decay", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's hardware.threads)")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per variant here")
     args = parser.parse_args()
@@ -67,12 +68,12 @@ def main() -> None:
                 for name, weight in weights.items():
                     model.get_submodule(name).weight.copy_(weight)
             report(args.out, mode, samples, seconds, ctx.heldout_quality([], model=model))
-            if args.gap:
+            for lr in (float(value) for value in args.gap_lr.split(",") if args.gap):
                 started = time.perf_counter()
-                global_adaprune(loaded.model, model, loaded.layer_names, inputs, loaded.run_model,
-                                passes=args.gap_passes, lr=args.gap_lr)
-                report(args.out, f"{mode}+gap(p{args.gap_passes},lr{args.gap_lr:g})", samples,
-                       time.perf_counter() - started, ctx.heldout_quality([], model=model.eval()))
+                tuned = global_adaprune(loaded.model, copy.deepcopy(model), loaded.layer_names, inputs, loaded.run_model,
+                                        passes=args.gap_passes, lr=lr, decay=args.gap_decay)
+                report(args.out, f"{mode}+gap(p{args.gap_passes},lr{lr:g},{args.gap_decay})", samples,
+                       time.perf_counter() - started, ctx.heldout_quality([], model=tuned.eval()))
 
 
 def report(out: Path | None, mode: str, samples: int, seconds: float, quality: dict) -> None:

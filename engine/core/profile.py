@@ -176,9 +176,13 @@ class RayConfig:
 class ExportConfig:
     sequential: bool = option(False, "obs: rebuild the chosen allocation layer by layer from the inputs of the model with its earlier "
                               "layers pruned (SparseGPT's sequential mode) instead of stitching the database's dense-input cells.")
-    gap: bool = option(False, "Run global AdaPrune on the final stitched model.")
-    gap_passes: int = option(2, "Global AdaPrune passes over the calibration set.", min=1)
-    gap_lr: float = option(1e-5, "Global AdaPrune Adam learning rate.", min=0.0, min_exclusive=True)
+    gap: bool = option(False, "Run global AdaPrune on the final model: all its weights trained (masks fixed) so that every pruned "
+                       "layer's output matches the dense model's, on the reconstruction samples (fp32 grids only).")
+    gap_passes: int = option(4, "Global AdaPrune passes over the reconstruction samples.", min=1)
+    gap_lr: float = option(1e-3, "Global AdaPrune Adam learning rate (at the start, with gap_decay = 'cosine').",
+                           min=0.0, min_exclusive=True)
+    gap_decay: str = option("cosine", "Global AdaPrune learning-rate schedule: 'cosine' decays it to 0 over the passes.",
+                            choices=["constant", "cosine"])
     verify: bool = option(True, "Re-measure the speedup end to end with sparse kernels.")
     tighten_rounds: int = option(3, "Closed loop: rounds of tightening the budget and continuing the search while the measured "
                                  "speedup falls short of the target (0: measure only).", min=0, max=20)

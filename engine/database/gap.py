@@ -6,13 +6,19 @@ output is pulled towards the dense model's output for the same input batch:
     L = sum_l ||y_l^sparse - y_l^dense||^2 / ||y_l^dense||^2,
 
 minimised with Adam over all parameters (weights, biases, norm parameters), for ``passes``
-passes over the calibration batches.  After every step each pruned weight is multiplied by its
-mask (W != 0 at the start), so the sparsity pattern, and with it the measured speed, is kept.
-Both models stay in eval mode (normalisation statistics frozen).
+passes over the given batches (in a run: the reconstruction samples), at a constant rate or
+one decayed along a half cosine, lr_s = lr * (1 + cos(pi * s / S)) / 2 for step s of S steps.
+After every step each pruned weight is multiplied by its mask (W != 0 at the start), so the
+sparsity pattern, and with it the measured speed, is kept.  Both models stay in eval mode
+(normalisation statistics frozen).
+
+Tuned on MiniLM at 1.5x (docs/results.md): the first defaults (2 passes at a constant 1e-5) moved
+the held-out cosine by +0.004; 4 passes over 2048 sentences at 1e-3, cosine-decayed, by +0.069.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -29,6 +35,18 @@ def _capture_outputs(model: nn.Module, names: list[str], store: dict[str, torch.
     return handles
 
 
+LR_DECAYS = ("constant", "cosine")
+
+
+def rate_factor(step: int, steps: int, decay: str) -> float:
+    """lr_s / lr: 1 for ``decay`` 'constant', (1 + cos(pi * s / S)) / 2 for 'cosine'."""
+    if decay == "constant":
+        return 1.0
+    if decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    raise ValueError(f"unknown learning-rate decay {decay!r}; expected 'constant' or 'cosine'")
+
+
 def global_adaprune(
     dense: nn.Module,
     sparse: nn.Module,
@@ -37,6 +55,7 @@ def global_adaprune(
     run: Callable[[nn.Module, Any], Any],
     passes: int = 2,
     lr: float = 1e-5,
+    decay: str = "constant",
     on_step: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``sparse`` in place against ``dense``; returns it.  ``run(model, inputs)`` is a forward pass."""
@@ -46,6 +65,8 @@ def global_adaprune(
     sparse_out: dict[str, torch.Tensor] = {}
     handles = _capture_outputs(dense, layer_names, dense_out) + _capture_outputs(sparse, layer_names, sparse_out)
     optimiser = torch.optim.Adam([p for p in sparse.parameters() if p.requires_grad], lr=lr)
+    steps = max(1, passes * len(batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: rate_factor(s, steps, decay))
     dense.eval()
     sparse.eval()
     step = 0
@@ -63,6 +84,7 @@ def global_adaprune(
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                 optimiser.step()
+                schedule.step()
                 with torch.no_grad():
                     for name, mask in masks.items():
                         sparse.get_submodule(name).weight.mul_(mask)

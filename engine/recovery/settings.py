@@ -11,17 +11,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine.core.errors import RunError
+from engine.database.gap import LR_DECAYS, rate_factor
 from engine.export.schedule import DEFAULT, GMPSchedule
 
 DISTILLATION_LOSSES = ("kl", "cosine", "mse")
 LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
 START_CHOICES = ("one-shot", "gradual")
-LR_DECAYS = ("constant", "cosine")
 STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
 
 
@@ -90,10 +89,7 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
 
 def learning_rate(settings: dict, step: int, steps: int) -> float:
     """The rate of global step ``step`` (0-based) of ``steps``: constant lr, or lr * (1 + cos(pi step / steps)) / 2."""
-    lr = float(settings["lr"])
-    if settings["lr_decay"] == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
-    return lr
+    return float(settings["lr"]) * rate_factor(min(step, steps), max(steps, 1), settings["lr_decay"] or "constant")
 
 
 def schedule_of(settings: dict) -> GMPSchedule | None:

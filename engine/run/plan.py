@@ -289,7 +289,8 @@ def estimate_seconds(
         per_weight *= database.passes * data.calibration_samples / 256
     weights = sum(layer.numel * len(layer_plan(layer.weight_shape, profile.levels())[0]) for layer in layers)
     parallel = database.workers if database.executor in ("processes", "ray") else 1
-    database_seconds = (weights * per_weight + model_pass(data.calibration_samples)) / parallel
+    reconstruction = data.reconstruction_samples or data.calibration_samples
+    database_seconds = (weights * per_weight + model_pass(reconstruction)) / parallel
 
     searchable = max(1, len(layers) - len(skipped))
     k_max = max(1, round(search.layer_fraction * searchable))
@@ -298,7 +299,7 @@ def estimate_seconds(
     search_seconds = evaluations * evaluation / search.workers
 
     baselines = len(search.baselines) * (evaluation + model_pass(data.heldout_samples))
-    final = model_pass(data.heldout_samples) + (profile.export.gap_passes * 3 * model_pass(data.calibration_samples) if profile.export.gap else 0.0)
+    final = model_pass(data.heldout_samples) + (profile.export.gap_passes * 3 * model_pass(reconstruction) if profile.export.gap else 0.0)
     verify = rounds * 2 * model_pass(hardware.batch_size) if profile.export.verify else 0.0
     export = 2.0 + (4 * sum(layer.numel for layer in layers) / 200e6 if profile.export.weights else 0.0)
     values = (timings, database_seconds, search_seconds, baselines, final, verify, export)

@@ -52,9 +52,12 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     if export.gap:
         from engine.database.gap import global_adaprune
 
+        batches = ctx.reconstruction_inputs
+        steps = export.gap_passes * len(batches)
         global_adaprune(
-            loaded.model, final, loaded.layer_names, [batch.inputs for batch in data.calibration], loaded.run_model,
-            passes=export.gap_passes, lr=export.gap_lr,
+            loaded.model, final, loaded.layer_names, batches, loaded.run_model,
+            passes=export.gap_passes, lr=export.gap_lr, decay=export.gap_decay,
+            on_step=lambda step, loss: ctx.log.emit("gap", step=step, steps=steps, loss=loss),
         )
     products.write_final(ctx.run_dir, final)
     ctx.final_model = final.eval()

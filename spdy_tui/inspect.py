@@ -25,6 +25,7 @@ def summary_json(path: Path) -> dict:
         "stages": state.stages,
         "timing": {"done": state.timing.done, "total": state.timing.total},
         "database": {"done": state.database.done, "total": state.database.total},
+        "gap": {"done": state.gap.done, "total": state.gap.total, "loss": state.gap_loss},
         "evaluations": len(state.evaluations),
         "best_loss": state.best_loss,
         "predicted_speedup": state.predicted_speedup,
@@ -62,6 +63,9 @@ def render_summary(path: Path, console: Console) -> None:
         console.print(f"timings: {state.timing.done}/{state.timing.total} measurements of {len(state.timing.per_layer)} layers")
     if state.database.total:
         console.print(f"database: {state.database.done}/{state.database.total} (layer, level) entries built")
+    if state.gap.total:
+        loss = f", last loss {state.gap_loss:.4g}" if state.gap_loss is not None else ""
+        console.print(f"global AdaPrune: {state.gap.done}/{state.gap.total} steps{loss}")
     if state.evaluations:
         console.print(f"search: {len(state.evaluations)} evaluations, best calibration loss {state.best_loss:.6g}")
         losses = [point.loss for point in state.evaluations]

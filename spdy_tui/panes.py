@@ -96,10 +96,24 @@ class StatusPane(StatePane):
 
 
 class ProgressPane(StatePane):
-    """Timing-table and database progress: cells done of layers x levels, and the time left."""
+    """Timing-table and database progress: cells done of layers x levels, and the time left; then
+    global AdaPrune's steps on the final model, once it runs."""
 
     def describe(self, state: RunState) -> RenderableType:
-        return Group(*self._rows("timings", state.timing), *self._rows("database", state.database))
+        rows = [*self._rows("timings", state.timing), *self._rows("database", state.database)]
+        if state.gap.total:
+            rows += self._gap_rows(state)
+        return Group(*rows)
+
+    def _gap_rows(self, state: RunState) -> list[Text]:
+        progress = state.gap
+        count = f"{progress.done}/{progress.total} {100 * progress.fraction:.0f}%"
+        width = self.content_size.width or 80
+        eta = "done" if progress.done >= progress.total else f"ETA {duration(progress.eta_seconds())}"
+        return [
+            Text(f"{'gAP':<9} {bar(progress.fraction, max(4, min(20, width - 10 - len(count) - 1)))} {count}"),
+            Text(f"{'':<10}steps · loss {number(state.gap_loss, '.4g')} · {eta}", style="dim"),
+        ]
 
     def _rows(self, title: str, progress: Progress) -> list[Text]:
         if not progress.total:

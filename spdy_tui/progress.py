@@ -106,7 +106,7 @@ class StderrProgress:
         elif kind == "db":
             self._bar("db", event["done"], event["total"], f"database {event['layer']}")
         elif kind == "gap":
-            self._bar("gap", event["step"], event["steps"], f"global AdaPrune, loss {event['loss']:.4g}")
+            self._bar("gap", event["done"], event["total"], f"global AdaPrune, loss {event['loss']:.4g}")
         elif kind == "eval":
             best = event["best"]
             self._bar("eval", event["n"], None, f"search {event['phase']} best {best:.5g}" if best is not None else "search")

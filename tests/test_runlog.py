@@ -150,3 +150,20 @@ def test_summarise_ignores_a_truncated_last_line(synthetic):
         handle.write('{"v":1,"t":1.0,"type":"eval","n":61,"pha')
     state = summarise(run_dir / "events.jsonl")
     assert len(state.events) == len(events) and len(state.evaluations) == EVALUATIONS
+
+
+def test_global_adaprune_steps_fill_their_own_progress_and_pane():
+    from rich.console import Console
+
+    from spdy_tui.panes import ProgressPane
+
+    state = RunState.from_events([
+        {"type": "gap", "t": 10.0 + step, "done": step, "total": 8, "loss": 1.0 / step} for step in (1, 2, 3, 4)
+    ])
+    assert (state.gap.done, state.gap.total, state.gap_loss) == (4, 8, 0.25)
+    assert state.gap.eta_seconds() == pytest.approx(4 * 3.0 / 4)  # 4 steps left at 3 s per 4 steps
+    assert state.database.total == 0  # steps are not database cells
+    console = Console(width=80, record=True, color_system=None)
+    console.print(ProgressPane().describe(state))
+    text = console.export_text()
+    assert "gAP" in text and "4/8 50%" in text and "loss 0.25" in text and "ETA" in text

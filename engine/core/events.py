@@ -36,8 +36,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "baseline": ("name", "loss", "predicted_speedup"),
     # the final model (engine.run.stages.final): its calibration loss and every held-out metric
     "final": ("loss", "heldout", "quality"),
-    # global AdaPrune on the final model (export.gap): step of steps done, its training loss
-    "gap": ("step", "steps", "loss"),
+    # global AdaPrune on the final model (export.gap): done of total steps, the step's training loss
+    "gap": ("done", "total", "loss"),
     "verify": ("predicted", "measured", "dense_seconds", "sparse_seconds"),
     # the closed loop (engine.run.stages.verify): the measured speedup fell short, so the search
     # continues at a tighter target (search_target) from its best coefficients

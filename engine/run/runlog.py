@@ -102,6 +102,8 @@ class RunState:
     stages: dict[str, str] = field(default_factory=dict)  # name -> started|done|skipped, in order
     timing: Progress = field(default_factory=Progress)
     database: Progress = field(default_factory=Progress)
+    gap: Progress = field(default_factory=Progress)  # global AdaPrune steps on the final model
+    gap_loss: float | None = None  # its latest step's training loss
     measured: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> level -> seconds
     evaluations: list[EvalPoint] = field(default_factory=list)
     best_history: list[dict] = field(default_factory=list)
@@ -144,6 +146,10 @@ class RunState:
                 self.measured.setdefault(str(event.get("layer")), {})[str(event.get("level"))] = event["seconds"]
         elif kind == "db":
             self.database.add(event)
+        elif kind == "gap":
+            self.gap.add(event)
+            loss = event.get("loss")
+            self.gap_loss = float(loss) if isinstance(loss, (int, float)) else None
         elif kind == "eval":
             self.evaluations.append(_eval_point(event))
         elif kind == "best":

@@ -57,7 +57,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         global_adaprune(
             loaded.model, final, loaded.layer_names, batches, loaded.run_model,
             passes=export.gap_passes, lr=export.gap_lr, decay=export.gap_decay,
-            on_step=lambda step, loss: ctx.log.emit("gap", step=step, steps=steps, loss=loss),
+            on_step=lambda step, loss: ctx.log.emit("gap", done=step, total=steps, loss=loss),
         )
     products.write_final(ctx.run_dir, final)
     ctx.final_model = final.eval()

@@ -192,3 +192,16 @@ def test_missing_fields_finds_a_dropped_or_renamed_field():
     golden = {"a": None, "b": {"c": None}, "d": [{"e": None}]}
     assert missing_fields(golden, {"a": 1, "b": {"c": 2, "x": 3}, "d": [{"e": 4}], "new": 5}) == []
     assert missing_fields(golden, {"a": 1, "b": {"renamed": 2}, "d": [{}]}) == ["/b/c", "/d[0]/e"]
+
+
+def test_global_adaprune_in_a_run_trains_against_the_dense_model(tmp_path):
+    # Scoring the allocation leaves the shared model stitched; gAP must see the dense one again,
+    # or its targets are the pruned model's own outputs and every step's loss is exactly 0.
+    profile = write_profile(tmp_path, export=f"{CLOSED_LOOP_OFF}\nverify = false\ngap = true\ngap_passes = 1")
+    out = tmp_path / "run"
+    result = run_cli("run", profile, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    steps = [event for event in read_events(out / "events.jsonl") if event["type"] == "gap"]
+    assert [event["done"] for event in steps] == list(range(1, steps[0]["total"] + 1))
+    assert steps[0]["loss"] > 0
+    assert json.loads(result.stdout)["gap"] is True

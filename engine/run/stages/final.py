@@ -44,6 +44,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     levels = search["levels"]
     scorer = ctx.scorer()
     calibration = scorer.loss(levels)
+    scorer.stitcher.restore()  # the dense model again: gAP's targets and sequential OBS's weights come from it
     export = ctx.profile.export
     if export.sequential and ctx.profile.database.method == "obs":
         final = sequential_model(ctx, dict(zip(loaded.layer_names, levels)))

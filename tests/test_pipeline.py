@@ -204,4 +204,7 @@ def test_global_adaprune_in_a_run_trains_against_the_dense_model(tmp_path):
     steps = [event for event in read_events(out / "events.jsonl") if event["type"] == "gap"]
     assert [event["done"] for event in steps] == list(range(1, steps[0]["total"] + 1))
     assert steps[0]["loss"] > 0
-    assert json.loads(result.stdout)["gap"] is True
+    data = json.loads(result.stdout)
+    assert data["gap"] is True and set(data["stitched_quality"]) == set(data["quality"])
+    assert data["stitched_quality"] != data["quality"]  # the trained model is not the stitched one
+    assert "| SPDY before global AdaPrune |" in (out / "report.md").read_text()

@@ -90,7 +90,7 @@ def global_adaprune(
                         sparse.get_submodule(name).weight.mul_(mask)
                 step += 1
                 if on_step is not None:
-                    on_step(step, float(loss))
+                    on_step(step, float(loss.detach()))
     finally:
         for handle in handles:
             handle.remove()

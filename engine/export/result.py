@@ -3,8 +3,9 @@
     {"target_speedup", "predicted_speedup", "measured_speedup" (null until verified),
      "dense_baseline", "layers": [{"name", "level", "time", ...}], "loss": {"calibration",
      "heldout"}, "heldout_metric", "baselines", "seed", "evaluations", "budget", "base_time",
-     "predicted_time", "gap", "quality" (every held-out metric by name, engine.model.losses), and
-     after verify "verify": {the verify event's fields}}
+     "predicted_time", "gap", "quality" (every held-out metric by name, engine.model.losses),
+     with gap "stitched_quality" (the same metrics before global AdaPrune, as the baselines are
+     scored), and after verify "verify": {the verify event's fields}}
 
 Written atomically and validated (required keys, each layer's name, level and time, the level a
 grid label); non-finite numbers (an abandoned loss, no held-out set) are stored as null, since

@@ -50,9 +50,11 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         final = sequential_model(ctx, dict(zip(loaded.layer_names, levels)))
     else:
         final = scorer.stitcher.copy(dict(zip(loaded.layer_names, levels)))
+    stitched = None
     if export.gap:
         from engine.database.gap import global_adaprune
 
+        stitched = ctx.heldout_quality(levels)  # the allocation as the search scored it, like the baselines
         batches = ctx.reconstruction_inputs
         steps = export.gap_passes * len(batches)
         global_adaprune(
@@ -76,6 +78,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
         "quality": quality,
         "gap": export.gap,
+        **({"stitched_quality": stitched} if stitched else {}),
         "sequential": export.sequential and ctx.profile.database.method == "obs",
         "baselines": ctx.baselines_record,
         "seed": ctx.profile.run.seed,

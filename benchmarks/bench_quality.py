@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from engine.core.grid import geometric_levels
-from engine.database.gap import global_adaprune
+from engine.database.gap import LR_DECAYS, global_adaprune
 from engine.database.sequential import rebuild
 from engine.model.data import build_data
 from engine.run.context import RunContext
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--gap", action="store_true", help="also score each variant after global AdaPrune")
     parser.add_argument("--gap-passes", type=int, default=2)
     parser.add_argument("--gap-lr", default="1e-5", help="comma-separated: each rate trained from the same start")
-    parser.add_argument("--gap-decay", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--gap-decay", choices=LR_DECAYS, default="constant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's hardware.threads)")
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per variant here")
     args = parser.parse_args()

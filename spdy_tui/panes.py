@@ -102,31 +102,23 @@ class ProgressPane(StatePane):
     def describe(self, state: RunState) -> RenderableType:
         rows = [*self._rows("timings", state.timing), *self._rows("database", state.database)]
         if state.gap.total:
-            rows += self._gap_rows(state)
+            rows += self._rows("gAP", state.gap, f"steps · loss {number(state.gap_loss, '.4g')}")
         return Group(*rows)
 
-    def _gap_rows(self, state: RunState) -> list[Text]:
-        progress = state.gap
-        count = f"{progress.done}/{progress.total} {100 * progress.fraction:.0f}%"
-        width = self.content_size.width or 80
-        eta = "done" if progress.done >= progress.total else f"ETA {duration(progress.eta_seconds())}"
-        return [
-            Text(f"{'gAP':<9} {bar(progress.fraction, max(4, min(20, width - 10 - len(count) - 1)))} {count}"),
-            Text(f"{'':<10}steps · loss {number(state.gap_loss, '.4g')} · {eta}", style="dim"),
-        ]
-
-    def _rows(self, title: str, progress: Progress) -> list[Text]:
+    def _rows(self, title: str, progress: Progress, detail: str | None = None) -> list[Text]:
+        """A bar with done/total, then ``detail`` (default: the table's layers x levels) and the ETA."""
         if not progress.total:
             return [Text(f"{title:<9} no events yet", style="dim")]
         count = f"{progress.done}/{progress.total} {100 * progress.fraction:.0f}%"
-        levels = max(progress.per_layer.values(), default=0)
+        if detail is None:
+            detail = f"{len(progress.per_layer)} layers x ≤{max(progress.per_layer.values(), default=0)} levels"
         eta = "done" if progress.done >= progress.total else f"ETA {duration(progress.eta_seconds())}"
         width = self.content_size.width or 80  # narrow (80 x 24): a shorter bar, so a row stays one line
         bar_width = max(4, min(20, width - 10 - len(count) - 1))
         indent = 10 if width >= 10 + 32 else 2
         return [
             Text(f"{title:<9} {bar(progress.fraction, bar_width)} {count}"),
-            Text(f"{'':<{indent}}{len(progress.per_layer)} layers x ≤{levels} levels · {eta}", style="dim"),
+            Text(f"{'':<{indent}}{detail} · {eta}", style="dim"),
         ]
 
 

@@ -56,7 +56,7 @@ def global_adaprune(
     passes: int = 2,
     lr: float = 1e-5,
     decay: str = "constant",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``sparse`` in place against ``dense``; returns it.  ``run(model, inputs)`` is a forward pass."""
     batches = list(batches)
@@ -90,7 +90,7 @@ def global_adaprune(
                         sparse.get_submodule(name).weight.mul_(mask)
                 step += 1
                 if on_step is not None:
-                    on_step(step, float(loss.detach()))
+                    on_step(step, steps, float(loss.detach()))
     finally:
         for handle in handles:
             handle.remove()

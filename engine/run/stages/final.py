@@ -42,25 +42,24 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     (its speedup predicted on ``problem``'s table, its target the profile's)."""
     loaded, data = ctx.loaded, ctx.data
     levels = search["levels"]
+    chosen = dict(zip(loaded.layer_names, levels))
     scorer = ctx.scorer()
     calibration = scorer.loss(levels)
     scorer.stitcher.restore()  # the dense model again: gAP's targets and sequential OBS's weights come from it
     export = ctx.profile.export
     if export.sequential and ctx.profile.database.method == "obs":
-        final = sequential_model(ctx, dict(zip(loaded.layer_names, levels)))
+        final = sequential_model(ctx, chosen)
     else:
-        final = scorer.stitcher.copy(dict(zip(loaded.layer_names, levels)))
+        final = scorer.stitcher.copy(chosen)
     stitched = None
     if export.gap:
         from engine.database.gap import global_adaprune
 
         stitched = ctx.heldout_quality(levels)  # the allocation as the search scored it, like the baselines
-        batches = ctx.reconstruction_inputs
-        steps = export.gap_passes * len(batches)
         global_adaprune(
-            loaded.model, final, loaded.layer_names, batches, loaded.run_model,
+            loaded.model, final, loaded.layer_names, ctx.reconstruction_inputs, loaded.run_model,
             passes=export.gap_passes, lr=export.gap_lr, decay=export.gap_decay,
-            on_step=lambda step, loss: ctx.log.emit("gap", done=step, total=steps, loss=loss),
+            on_step=lambda step, steps, loss: ctx.log.emit("gap", done=step, total=steps, loss=loss),
         )
     products.write_final(ctx.run_dir, final)
     ctx.final_model = final.eval()

@@ -309,10 +309,3 @@ def test_unknown_allocation_names_the_choices(tmp_path):
     run_dir = finished_run(tmp_path)
     result = run_cli("finetune", run_dir, "--allocation", "random")
     assert result.exit_code == Exit.BAD_INPUT and "choose one of spdy, uniform" in result.output
-
-
-def test_neighbour_weight_needs_an_encoder(tmp_path):
-    run_dir = finished_run(tmp_path)
-    result = run_cli("finetune", run_dir, "--neighbour-weight", 1, "--epochs", 1, "--no-verify")
-    assert result.exit_code == 2, result.output
-    assert "--neighbour-weight ranks embeddings: it needs an encoder" in result.output and "Traceback" not in result.output

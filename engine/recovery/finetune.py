@@ -52,7 +52,7 @@ from engine.model.losses import primary_metric, resolve_loss
 from engine.core.errors import RunError
 from engine.run.context import RunContext
 from engine.export.schedule import GMPSchedule
-from engine.recovery import hidden, neighbours
+from engine.recovery import hidden
 from engine.recovery.settings import DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, learning_rate, resolve, schedule_of
 from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
 
@@ -235,12 +235,8 @@ def _train_and_export(ft: Finetune) -> dict:
     except DataError as exc:
         raise RunError(str(exc)) from None
     loss_fn = LOSSES[loss_name]
-    neighbour_weight = float(settings["neighbour_weight"])
-    if neighbour_weight and (loss_name not in ("cosine", "mse") or loaded.task != "encoder"):
-        raise RunError("--neighbour-weight ranks embeddings: it needs an encoder and a distillation loss (cosine or mse)")
     batch_size = int(settings["batch_size"])
     teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
-    bank = neighbours.bank(teacher, run.profile.run.seed) if neighbour_weight else None
     dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
 
     one_shot_start = settings["start"] == "one-shot"
@@ -280,8 +276,6 @@ def _train_and_export(ft: Finetune) -> dict:
                     output = loaded.run_model(student, inputs)
                 loss = loss_fn(output, None if teacher is None else teacher[index],
                                None if train.labels is None else train.labels[index])
-                if bank is not None:
-                    loss = loss + neighbour_weight * neighbours.neighbour_loss(output, teacher[index], bank)
                 if blocks:
                     with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states:
                         loaded.run_model(loaded.model, inputs)
@@ -355,8 +349,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "layers": layers,
         "schedule": plan,
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
-                     "hidden_weight": ft.settings["hidden_weight"],
-                     "neighbour_weight": ft.settings["neighbour_weight"], "batch_size": ft.settings["batch_size"],
+                     "hidden_weight": ft.settings["hidden_weight"], "batch_size": ft.settings["batch_size"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,

@@ -41,7 +41,6 @@ class Options:
     data: str | None = None
     hidden_weight: float | None = None  # lambda of engine.recovery.hidden (0: the output loss alone)
     lr_decay: str | None = None  # constant | cosine (over all steps of the fine-tuning)
-    neighbour_weight: float | None = None  # mu of engine.recovery.neighbours (0: off)
     threads: int | None = None  # not part of what the result means: may change on resume
 
 
@@ -52,7 +51,7 @@ def defaults(profile) -> dict:
         "allocation": "spdy", "start": "one-shot", "epochs": DEFAULT.num_epochs, "pruning_end": None,
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
         "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
-        "hidden_weight": 0.0, "lr_decay": "constant", "neighbour_weight": 0.0, "threads": profile.hardware.threads,
+        "hidden_weight": 0.0, "lr_decay": "constant", "threads": profile.hardware.threads,
     }
 
 
@@ -62,8 +61,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     Resuming with a given option that differs from the stored one is refused."""
     chosen_defaults = defaults(profile)
     if stored is not None:
-        # fine-tunings from before --start, --hidden-weight, --lr-decay and --neighbour-weight existed: what they ran
-        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", "neighbour_weight": 0.0, **stored}
+        # fine-tunings from before --start, --hidden-weight and --lr-decay existed: what they ran
+        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", **stored}
     settings, differ = {}, []
     for field in fields(Options):
         given = getattr(options, field.name)
@@ -79,9 +78,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
         raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
     if settings["lr_decay"] not in LR_DECAYS:
         raise RunError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {settings['lr_decay']!r}")
-    for weight in ("hidden_weight", "neighbour_weight"):
-        if not settings[weight] >= 0:
-            raise RunError(f"--{weight.replace('_', '-')} must be at least 0, got {settings[weight]}")
+    if not settings["hidden_weight"] >= 0:
+        raise RunError(f"--hidden-weight must be at least 0, got {settings['hidden_weight']}")
     if not settings["lr"] > 0:
         raise RunError(f"--lr must be positive, got {settings['lr']}")
     if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:

@@ -45,9 +45,6 @@ def finetune(
     hidden_weight: Optional[float] = option(
         None, "--hidden-weight", metavar="W",
         help="Also distil the dense model's hidden states block by block, with this weight (default 0: the output only)."),
-    neighbour_weight: Optional[float] = option(
-        None, "--neighbour-weight", metavar="W",
-        help="Encoders: also distil how the dense model ranks the training sentences' embeddings, with this weight (default 0)."),
     batch_size: Optional[int] = option(None, "--batch-size", metavar="N", help="Training batch size (default 32)."),
     train_samples: Optional[int] = option(
         None, "--train-samples", metavar="N", help="Use a seeded subset of this many training samples (default: all)."),
@@ -71,8 +68,7 @@ def finetune(
     options = engine_finetune.Options(
         allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
-        data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay,
-        neighbour_weight=neighbour_weight, threads=threads,
+        data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay, threads=threads,
     )
     listener = StderrProgress(err)
     try:

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from engine.core.grid import geometric_levels
-from engine.database.gap import LR_DECAYS, global_adaprune
+from engine.core.learning_rate import LR_DECAYS
+from engine.database.gap import global_adaprune
 from engine.database.sequential import rebuild
 from engine.model.data import build_data
 from engine.run.context import RunContext

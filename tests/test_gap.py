@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.database.gap import global_adaprune, rate_factor
+from engine.core.learning_rate import rate_factor
+from engine.database.gap import global_adaprune
 
 
 def test_global_adaprune_lowers_error_and_keeps_zeros():

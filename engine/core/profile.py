@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.core.learning_rate import LR_DECAYS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -182,7 +184,7 @@ class ExportConfig:
     gap_lr: float = option(1e-3, "Global AdaPrune Adam learning rate (at the start, with gap_decay = 'cosine').",
                            min=0.0, min_exclusive=True)
     gap_decay: str = option("cosine", "Global AdaPrune learning-rate schedule: 'cosine' decays it to 0 over the passes.",
-                            choices=["constant", "cosine"])
+                            choices=list(LR_DECAYS))
     verify: bool = option(True, "Re-measure the speedup end to end with sparse kernels.")
     tighten_rounds: int = option(3, "Closed loop: rounds of tightening the budget and continuing the search while the measured "
                                  "speedup falls short of the target (0: measure only).", min=0, max=20)

@@ -18,11 +18,12 @@ the held-out cosine by +0.004; 4 passes over 2048 sentences at 1e-3, cosine-deca
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from engine.core.learning_rate import rate_factor
 
 
 def _capture_outputs(model: nn.Module, names: list[str], store: dict[str, torch.Tensor]) -> list:
@@ -33,18 +34,6 @@ def _capture_outputs(model: nn.Module, names: list[str], store: dict[str, torch.
 
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     return handles
-
-
-LR_DECAYS = ("constant", "cosine")
-
-
-def rate_factor(step: int, steps: int, decay: str) -> float:
-    """lr_s / lr: 1 for ``decay`` 'constant', (1 + cos(pi * s / S)) / 2 for 'cosine'."""
-    if decay == "constant":
-        return 1.0
-    if decay == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * step / steps))
-    raise ValueError(f"unknown learning-rate decay {decay!r}; expected 'constant' or 'cosine'")
 
 
 def global_adaprune(

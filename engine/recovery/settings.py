@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine.core.errors import RunError
-from engine.database.gap import LR_DECAYS, rate_factor
+from engine.core.learning_rate import LR_DECAYS, rate_factor
 from engine.export.schedule import DEFAULT, GMPSchedule
 
 DISTILLATION_LOSSES = ("kl", "cosine", "mse")

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from engine.search import baselines
 from engine.recovery import checkpoint
+from engine.recovery.settings import NATIVE_BF16
 from engine.search.budget import make_problem
 from engine.core.profile import load_profile
 from engine.core.profile_toml import to_toml
@@ -24,6 +25,7 @@ from engine.export.files import read_recipe_schedule, read_recipe_targets
 from engine.export.result import write_result
 from engine.recovery.finetune import Options, execute, open_finetune
 from engine.recovery.gmp import GradualMasks
+from engine.core.environment import cpu_flags
 from engine.core.grid import level_sparsity, parse_nm
 from engine.core.masks import pruned_count, satisfies_nm
 from engine.export.schedule import DEFAULT, GMPSchedule, cubic
@@ -309,3 +311,29 @@ def test_unknown_allocation_names_the_choices(tmp_path):
     run_dir = finished_run(tmp_path)
     result = run_cli("finetune", run_dir, "--allocation", "random")
     assert result.exit_code == Exit.BAD_INPUT and "choose one of spdy, uniform" in result.output
+
+
+@pytest.mark.skipif(not any(flag in cpu_flags() for flag in NATIVE_BF16), reason="this CPU has no native bf16")
+def test_bf16_training_keeps_fp32_weights_and_the_masks(tuned):
+    run_dir, _ = tuned
+    out = run_dir / "finetune-bf16"
+    result = run_cli("finetune", run_dir, "--epochs", 2, "--threads", 1, "--precision", "bf16", "--no-verify", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["training"]["precision"] == "bf16"
+    one_shot, tuned_weights = load_file(run_dir / "final.safetensors"), load_file(out / "pruned.safetensors")
+    for name, level in {row["name"]: row["level"] for row in record["layers"]}.items():
+        start, end = one_shot[f"{name}.weight"], tuned_weights[f"{name}.weight"]
+        assert end.dtype == torch.float32, name
+        if level_sparsity(level) > 0:
+            assert torch.equal(start == 0, end == 0), name
+        assert not torch.equal(start, end), name
+    assert record["heldout"]["finetuned"] > record["heldout"]["one_shot_magnitude"]
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_instructions(tmp_path, monkeypatch):
+    run_dir = finished_run(tmp_path)
+    monkeypatch.setattr("engine.recovery.finetune.cpu_flags", lambda: ["avx", "avx2", "fma"])
+    result = run_cli("finetune", run_dir, "--precision", "bf16", "--epochs", 1, "--no-verify")
+    assert result.exit_code == 2, result.output
+    assert "--precision bf16: this CPU has no bf16 instructions" in result.output and "Traceback" not in result.output

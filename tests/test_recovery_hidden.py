@@ -110,3 +110,25 @@ def test_settings_refuse_unknown_decay_and_negative_weight(tmp_path):
     assert resolve(Options(), old, _Profile, tmp_path)["lr_decay"] == "constant"
     with pytest.raises(RunError, match="--hidden-weight 1.0 \\(was 0.0\\)"):
         resolve(Options(hidden_weight=1.0), old, _Profile, tmp_path)
+
+
+def test_precision_setting_autocast_and_bf16_states_compared_in_fp32(tmp_path):
+    from engine.recovery.settings import autocast, check_precision
+
+    settings = resolve(Options(), None, _Profile, tmp_path)
+    assert settings["precision"] == "fp32"
+    with pytest.raises(RunError, match="--precision must be one of fp32, bf16, got 'fp16'"):
+        resolve(Options(precision="fp16"), None, _Profile, tmp_path)
+    bf16 = resolve(Options(precision="bf16"), None, _Profile, tmp_path)
+    check_precision(bf16, ["avx512f", "avx512_bf16"])
+    check_precision(settings, [])  # fp32 runs anywhere
+    with pytest.raises(RunError, match="no bf16 instructions"):
+        check_precision(bf16, ["avx2"])
+    layer = nn.Linear(4, 4)
+    with autocast(bf16):
+        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
+    with autocast(settings):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32
+    # the relative error of bf16 states is computed in fp32: 1 - 0.5 against 1 is 0.25 exactly
+    loss = hidden.hidden_loss([torch.full((1, 2, 4), 0.5, dtype=torch.bfloat16)], [torch.ones(1, 2, 4, dtype=torch.bfloat16)])
+    assert loss.dtype == torch.float32 and loss.item() == 0.25

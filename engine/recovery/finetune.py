@@ -49,11 +49,14 @@ from engine.export.result import ResultError, finite, read_json_object, write_js
 from engine.recovery.gmp import one_shot_magnitude
 from engine.core.grid import is_int8, level_sparsity, parse_nm
 from engine.model.losses import primary_metric, resolve_loss
+from engine.core.environment import cpu_flags
 from engine.core.errors import RunError
 from engine.run.context import RunContext
 from engine.export.schedule import GMPSchedule
 from engine.recovery import hidden
-from engine.recovery.settings import DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, learning_rate, resolve, schedule_of
+from engine.recovery.settings import (
+    DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, autocast, check_precision, learning_rate, resolve, schedule_of,
+)
 from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
 
 @dataclass
@@ -181,6 +184,11 @@ def one_shot_weights(ft: Finetune) -> torch.nn.Module:
         stitcher.restore()
 
 
+def as_fp32(output):
+    """A model output for the loss: a bf16 tensor (from autocast) as fp32, anything else as it is."""
+    return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -224,6 +232,7 @@ def _train_and_export(ft: Finetune) -> dict:
         reason = parse_nm(level) and nm_ineligibility(loaded.module(name).weight.shape, parse_nm(level))
         if reason:
             raise RunError(f"layer {name}: {reason}")
+    check_precision(settings, cpu_flags())
     hidden_weight = float(settings["hidden_weight"])
     blocks = hidden.block_names(loaded.model, list(ft.levels)) if hidden_weight else []
     if hidden_weight and not blocks:
@@ -272,12 +281,12 @@ def _train_and_export(ft: Finetune) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)
                 inputs = train.batch(index)
-                with hidden.recording(student, blocks) as student_states:
-                    output = loaded.run_model(student, inputs)
+                with hidden.recording(student, blocks) as student_states, autocast(settings):
+                    output = as_fp32(loaded.run_model(student, inputs))
                 loss = loss_fn(output, None if teacher is None else teacher[index],
                                None if train.labels is None else train.labels[index])
                 if blocks:
-                    with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states:
+                    with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
                         loaded.run_model(loaded.model, inputs)
                     mask = hidden.token_mask(inputs, dense_states)
                     loss = loss + hidden_weight * hidden.hidden_loss(student_states, dense_states, mask)
@@ -349,7 +358,8 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "layers": layers,
         "schedule": plan,
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
-                     "hidden_weight": ft.settings["hidden_weight"], "batch_size": ft.settings["batch_size"],
+                     "hidden_weight": ft.settings["hidden_weight"],
+                     "precision": ft.settings["precision"], "batch_size": ft.settings["batch_size"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,

@@ -66,8 +66,9 @@ def hidden_loss(student: list[torch.Tensor], dense: list[torch.Tensor], mask: to
     """1/B sum_b sum_t m_t ||s_bt - d_bt||^2 / sum_t m_t ||d_bt||^2 (the module docstring's second term)."""
     if len(student) != len(dense) or not student:
         raise ValueError(f"recorded {len(student)} student and {len(dense)} dense block outputs; expected the same, at least one")
-    total = student[0].new_zeros(())
+    total = student[0].new_zeros((), dtype=torch.float32)
     for s, d in zip(student, dense):
+        s, d = s.float(), d.float()  # bf16 states (autocast) are compared in fp32
         error, energy = (s - d).pow(2).sum(-1), d.pow(2).sum(-1)
         if mask is not None:
             weights = mask.to(error.dtype).reshape(error.shape)

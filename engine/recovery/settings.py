@@ -21,6 +21,8 @@ from engine.export.schedule import DEFAULT, GMPSchedule
 DISTILLATION_LOSSES = ("kl", "cosine", "mse")
 LOSS_CHOICES = ("auto", "cross-entropy", *DISTILLATION_LOSSES)
 START_CHOICES = ("one-shot", "gradual")
+PRECISIONS = ("fp32", "bf16")  # of the training forward and backward (weights, Adam and the loss stay fp32)
+NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # CPU flags of a bf16 dot product in hardware
 STEP_EVENTS_PER_EPOCH = 20  # at most this many "step" events per epoch in the log
 
 
@@ -41,6 +43,7 @@ class Options:
     data: str | None = None
     hidden_weight: float | None = None  # lambda of engine.recovery.hidden (0: the output loss alone)
     lr_decay: str | None = None  # constant | cosine (over all steps of the fine-tuning)
+    precision: str | None = None  # fp32 | bf16 (autocast of the forward passes)
     threads: int | None = None  # not part of what the result means: may change on resume
 
 
@@ -51,7 +54,7 @@ def defaults(profile) -> dict:
         "allocation": "spdy", "start": "one-shot", "epochs": DEFAULT.num_epochs, "pruning_end": None,
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
         "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
-        "hidden_weight": 0.0, "lr_decay": "constant", "threads": profile.hardware.threads,
+        "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", "threads": profile.hardware.threads,
     }
 
 
@@ -61,8 +64,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     Resuming with a given option that differs from the stored one is refused."""
     chosen_defaults = defaults(profile)
     if stored is not None:
-        # fine-tunings from before --start, --hidden-weight and --lr-decay existed: what they ran
-        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", **stored}
+        # fine-tunings from before --start, --hidden-weight, --lr-decay and --precision existed: what they ran
+        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", **stored}
     settings, differ = {}, []
     for field in fields(Options):
         given = getattr(options, field.name)
@@ -78,6 +81,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
         raise RunError(f"--loss must be one of {', '.join(LOSS_CHOICES)}, got {settings['loss']!r}")
     if settings["lr_decay"] not in LR_DECAYS:
         raise RunError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {settings['lr_decay']!r}")
+    if settings["precision"] not in PRECISIONS:
+        raise RunError(f"--precision must be one of {', '.join(PRECISIONS)}, got {settings['precision']!r}")
     if not settings["hidden_weight"] >= 0:
         raise RunError(f"--hidden-weight must be at least 0, got {settings['hidden_weight']}")
     if not settings["lr"] > 0:
@@ -85,6 +90,20 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
         raise RunError("--batch-size and --threads must be at least 1, --train-samples at least 0")
     return settings
+
+
+def check_precision(settings: dict, cpu_flags: list[str]) -> None:
+    """bf16 only where the CPU multiplies bf16 natively: elsewhere oneDNN emulates it, slower than fp32."""
+    if settings["precision"] == "bf16" and not any(flag in cpu_flags for flag in NATIVE_BF16):
+        raise RunError(f"--precision bf16: this CPU has no bf16 instructions ({' or '.join(NATIVE_BF16)}), "
+                       "so bf16 would run slower than fp32; use --precision fp32")
+
+
+def autocast(settings: dict):
+    """The context the training forward passes run in: bf16 autocast, or none (fp32)."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings["precision"] == "bf16")
 
 
 def learning_rate(settings: dict, step: int, steps: int) -> float:

@@ -45,6 +45,9 @@ def finetune(
     hidden_weight: Optional[float] = option(
         None, "--hidden-weight", metavar="W",
         help="Also distil the dense model's hidden states block by block, with this weight (default 0: the output only)."),
+    precision: Optional[str] = option(
+        None, "--precision", metavar="P",
+        help="fp32 (default) or bf16: run the training forward passes in bf16 autocast (CPUs with avx512_bf16 or AMX)."),
     batch_size: Optional[int] = option(None, "--batch-size", metavar="N", help="Training batch size (default 32)."),
     train_samples: Optional[int] = option(
         None, "--train-samples", metavar="N", help="Use a seeded subset of this many training samples (default: all)."),
@@ -68,7 +71,8 @@ def finetune(
     options = engine_finetune.Options(
         allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
-        data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay, threads=threads,
+        data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay,
+        precision=precision, threads=threads,
     )
     listener = StderrProgress(err)
     try:

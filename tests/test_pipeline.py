@@ -206,4 +206,15 @@ def test_global_adaprune_in_a_run_trains_against_the_dense_model(tmp_path):
     assert steps[0]["loss"] > 0
     data = json.loads(result.stdout)
     assert data["gap"] is True and set(data["stitched_quality"]) == set(data["quality"])
-    assert "| SPDY before global AdaPrune |" in (out / "report.md").read_text()
+    assert "| SPDY stitched from the database (as baselines) |" in (out / "report.md").read_text()
+
+
+def test_a_sequential_run_also_reports_its_allocation_as_the_baselines_are_scored(tmp_path):
+    profile = write_profile(tmp_path, export=f"{CLOSED_LOOP_OFF}\nverify = false\nsequential = true")
+    out = tmp_path / "run"
+    result = run_cli("run", profile, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["sequential"] is True and data["gap"] is False
+    assert set(data["stitched_quality"]) == set(data["quality"])
+    assert "| SPDY stitched from the database (as baselines) |" in (out / "report.md").read_text()

@@ -323,7 +323,7 @@ def write_report(run_dir: str | os.PathLike, result: Mapping, evaluations: Seque
         "## Baselines", "", f"| allocation | predicted speedup | calibration loss | {' | '.join(metric_titles)} |",
         "|---|---:|---:|" + "---:|" * len(metric_titles),
         _baseline_row("**SPDY**", result, metrics),
-        *([_baseline_row("SPDY before global AdaPrune", {**result, "quality": result["stitched_quality"]}, metrics)]
+        *([_baseline_row("SPDY stitched from the database (as baselines)", {**result, "quality": result["stitched_quality"]}, metrics)]
           if result.get("stitched_quality") else []),
         *(_baseline_row(name, entry, metrics) for name, entry in baselines.items()),
         "", "## Search", "", "![calibration loss of every evaluation](loss_curve.png)", "",

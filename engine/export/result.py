@@ -4,8 +4,8 @@
      "dense_baseline", "layers": [{"name", "level", "time", ...}], "loss": {"calibration",
      "heldout"}, "heldout_metric", "baselines", "seed", "evaluations", "budget", "base_time",
      "predicted_time", "gap", "quality" (every held-out metric by name, engine.model.losses),
-     with gap "stitched_quality" (the same metrics before global AdaPrune, as the baselines are
-     scored), and after verify "verify": {the verify event's fields}}
+     with gap or sequential "stitched_quality" (the same metrics of the allocation stitched from
+     the database, as the baselines are scored), and after verify "verify": {the verify event's fields}}
 
 Written atomically and validated (required keys, each layer's name, level and time, the level a
 grid label); non-finite numbers (an abandoned loss, no held-out set) are stored as null, since

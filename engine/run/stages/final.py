@@ -47,15 +47,13 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
     calibration = scorer.loss(levels)
     scorer.stitcher.restore()  # the dense model again: gAP's targets and sequential OBS's weights come from it
     export = ctx.profile.export
-    if export.sequential and ctx.profile.database.method == "obs":
-        final = sequential_model(ctx, chosen)
-    else:
-        final = scorer.stitcher.copy(chosen)
-    stitched = None
+    sequential = export.sequential and ctx.profile.database.method == "obs"
+    # the allocation as the search scored it, like the baselines, when the final model is more than that
+    stitched = ctx.heldout_quality(levels) if sequential or export.gap else None
+    final = sequential_model(ctx, chosen) if sequential else scorer.stitcher.copy(chosen)
     if export.gap:
         from engine.database.gap import global_adaprune
 
-        stitched = ctx.heldout_quality(levels)  # the allocation as the search scored it, like the baselines
         global_adaprune(
             loaded.model, final, loaded.layer_names, ctx.reconstruction_inputs, loaded.run_model,
             passes=export.gap_passes, lr=export.gap_lr, decay=export.gap_decay,
@@ -78,7 +76,7 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "quality": quality,
         "gap": export.gap,
         **({"stitched_quality": stitched} if stitched else {}),
-        "sequential": export.sequential and ctx.profile.database.method == "obs",
+        "sequential": sequential,
         "baselines": ctx.baselines_record,
         "seed": ctx.profile.run.seed,
         "evaluations": search["evaluations"],

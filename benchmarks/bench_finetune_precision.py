@@ -4,7 +4,7 @@
 
 The step of the recovery recipe (docs/finetune.md): the student's forward with its block outputs
 recorded, the cosine loss to the dense embedding, the dense model's forward for the block
-outputs (``--hidden-weight 1``), backward and an Adam step, on a batch of random token ids with a
+outputs (``--hidden-weight 1``), backward and an Adam step (``engine.recovery.finetune.batch_loss``), on a batch of random token ids with a
 full attention mask (the run's batch shape, 32 x 64).  Each precision has its own student and
 optimiser; the two are timed interleaved (``engine.core.measure``): medians with the IQR.
 """
@@ -34,8 +34,7 @@ def main() -> None:
     from engine.model.losses import LOSSES
     from engine.model.sources import load_hf, minilm_path
     from engine.recovery import hidden
-    from engine.recovery.finetune import as_fp32
-    from engine.recovery.settings import autocast
+    from engine.recovery.finetune import batch_loss
 
     torch.set_num_threads(args.threads)
     loaded = load_hf(minilm_path())
@@ -48,17 +47,12 @@ def main() -> None:
         teacher = loaded.run_model(dense, inputs)
 
     def training_step(precision: str):
-        settings = {"precision": precision}
+        settings = {"precision": precision, "hidden_weight": 1.0}
         student = copy.deepcopy(dense).train()
         optimizer = torch.optim.Adam(student.parameters(), lr=1e-5)
 
         def step() -> None:
-            with hidden.recording(student, blocks) as student_states, autocast(settings):
-                output = as_fp32(loaded.run_model(student, inputs))
-            loss = LOSSES["cosine"](output, teacher, None)
-            with torch.no_grad(), hidden.recording(dense, blocks) as dense_states, autocast(settings):
-                loaded.run_model(dense, inputs)
-            loss = loss + hidden.hidden_loss(student_states, dense_states, inputs["attention_mask"])
+            loss = batch_loss(loaded, student, inputs, teacher, None, LOSSES["cosine"], settings, blocks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -189,6 +189,20 @@ def as_fp32(output):
     return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
 
+def batch_loss(loaded, student, inputs, target, labels, loss_fn, settings: dict, blocks: list[str]) -> torch.Tensor:
+    """One batch's training loss, L_out + lambda * the block outputs' loss (``engine.recovery.hidden``,
+    with ``blocks``), the forward passes in ``settings["precision"]`` and the losses in fp32."""
+    with hidden.recording(student, blocks) as student_states, autocast(settings):
+        output = as_fp32(loaded.run_model(student, inputs))
+    loss = loss_fn(output, target, labels)
+    if blocks:
+        with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
+            loaded.run_model(loaded.model, inputs)
+        mask = hidden.token_mask(inputs, dense_states)
+        loss = loss + float(settings["hidden_weight"]) * hidden.hidden_loss(student_states, dense_states, mask)
+    return loss
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -281,15 +295,8 @@ def _train_and_export(ft: Finetune) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)
                 inputs = train.batch(index)
-                with hidden.recording(student, blocks) as student_states, autocast(settings):
-                    output = as_fp32(loaded.run_model(student, inputs))
-                loss = loss_fn(output, None if teacher is None else teacher[index],
-                               None if train.labels is None else train.labels[index])
-                if blocks:
-                    with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
-                        loaded.run_model(loaded.model, inputs)
-                    mask = hidden.token_mask(inputs, dense_states)
-                    loss = loss + hidden_weight * hidden.hidden_loss(student_states, dense_states, mask)
+                loss = batch_loss(loaded, student, inputs, None if teacher is None else teacher[index],
+                                  None if train.labels is None else train.labels[index], loss_fn, settings, blocks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 masks.mask_gradients()

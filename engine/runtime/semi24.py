@@ -163,7 +163,9 @@ class Semi24Linear(nn.Module):
         self.library = library
         self.alg_id = alg_id if library == "cusparselt" else 0
         with _library(library):
-            compressed = to_sparse_semi_structured(weight.contiguous(), alg_id=self.alg_id)
+            compressed = to_sparse_semi_structured(weight.contiguous())
+        if library == "cusparselt":
+            compressed.alg_id_cusparselt = self.alg_id  # to_sparse_semi_structured takes no alg_id; the product reads this
         self.weight = nn.Parameter(compressed, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).contiguous(), requires_grad=False)
 
@@ -199,7 +201,8 @@ def search_alg_id(module: Semi24Linear, x: torch.Tensor) -> int | None:
     padding = (-rows.shape[0]) % 8  # as the dispatch pads token rows
     if padding:
         rows = F.pad(rows, (0, 0, 0, padding))
-    found = search(module.weight.packed, rows.t(), bias=module.bias, transpose_result=True)
+    # the product F.linear runs: compressed W times x^T, transposed as the tensor's own products are
+    found = search(module.weight.packed, rows.t(), bias=module.bias, transpose_result=module.weight.fuse_transpose_cusparselt)
     return int(found[0] if isinstance(found, (tuple, list)) else found)  # some torch versions return a tuple
 
 

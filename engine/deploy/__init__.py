@@ -170,8 +170,10 @@ def sentence_transformer(run_dir: str | Path, runtime: str | None = None):
         raise RunError(f"{ctx.run_dir}: sentence_transformer needs an encoder run (model.source minilm or hf), "
                        f"not {ctx.profile.model.source!r}")
     path = ctx.profile.model.path if ctx.profile.model.source == "hf" else _minilm_path()
-    encoder = SentenceTransformer(path, device="cpu")
-    encoder[0].auto_model = _load(ctx, runtime)
+    model = _load(ctx, runtime)
+    parameter = next(model.parameters(), None)  # on the GPU for cuda-2:4 runs: encode sends the tokens there
+    encoder = SentenceTransformer(path, device=str(parameter.device) if parameter is not None else "cpu")
+    encoder[0].auto_model = model
     return encoder
 
 

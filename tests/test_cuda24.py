@@ -222,6 +222,12 @@ def test_verify_returns_the_fields_of_the_cpu_verify(profiled):
     assert outcome["dense_baseline"] == table.dense_baseline == "torch-float32"
 
 
+def test_the_runtime_recorded_for_a_24_run_is_the_eager_one_verify_measured():
+    hardware = HardwareConfig(backend="cuda-2:4", dtype="float16", runtime="compiled")
+    assert get_backend("cuda-2:4").runtime(hardware) == "eager"
+    assert get_backend("cpu").runtime(HardwareConfig(runtime="compiled")) == "compiled"
+
+
 @pytest.mark.parametrize(
     "levels, prune, message",
     [

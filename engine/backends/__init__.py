@@ -6,9 +6,11 @@ A backend is the one place that knows, for its hardware, how to
 * ``fingerprint``: say what a cached timing table must match to be reused,
 * ``build``: turn the final model and its allocation into the executable model (our kernels in
   the pruned layers, the dense path elsewhere), and
-* ``verify``: check that model's output and measure its speedup end to end.
+* ``verify``: check that model's output and measure its speedup end to end, and
+* ``runtime``: name what runs that model ("compiled" or "eager"; result.json and
+  ``engine.deploy`` read it).
 
-Adding a backend: a module with a class that has these four methods and a ``name``, and one
+Adding a backend: a module with a class that has these methods and a ``name``, and one
 line in ``BACKENDS``.  Profile validation (``engine.core.profile``) lists the names.
 """
 
@@ -35,6 +37,8 @@ class Backend(Protocol):
 
     def verify(self, loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table: TimingTable,
                hardware, predicted: float) -> dict: ...
+
+    def runtime(self, hardware) -> str: ...
 
 
 BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (CpuBackend(), Cuda24Backend())}

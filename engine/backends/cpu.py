@@ -194,3 +194,7 @@ class CpuBackend:
     def verify(self, loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table: TimingTable,
                hardware, predicted: float) -> dict:
         return verify(loaded, final, levels, example_inputs, table, hardware, predicted)
+
+    def runtime(self, hardware) -> str:
+        """``hardware.runtime``: the whole model compiled, or eager PyTorch with our kernels."""
+        return getattr(hardware, "runtime", "eager")

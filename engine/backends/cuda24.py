@@ -124,3 +124,7 @@ class Cuda24Backend:
     def verify(self, loaded, final: nn.Module, levels: dict[str, str], example_inputs: Any, table: TimingTable,
                hardware, predicted: float) -> dict:
         return verify_cuda24(loaded, final, levels, example_inputs, table, hardware, predicted)
+
+    def runtime(self, hardware) -> str:
+        """The 2:4 model runs eagerly (``Semi24Linear`` modules, cuBLAS elsewhere); ``hardware.runtime`` is the CPU's."""
+        return "eager"

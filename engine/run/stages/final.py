@@ -84,6 +84,6 @@ def make_final(ctx: RunContext, search: dict, problem, extra: dict | None = None
         "base_time": table.base,
         "predicted_time": allocation.predicted_time,
         "reference_time": table.reference_seconds,
-        "runtime": ctx.profile.hardware.runtime,
+        "runtime": ctx.backend.runtime(ctx.profile.hardware),
         **(extra or {}),
     })

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_cuda24.py [--out DIR] [--dtype float16] [--tokens 512 2048 8192]
         [--shapes 384x1536 ...] [--repeats 30] [--warmup 5] [--batch 256] [--seq-len 128] [--no-e2e] [--quick]
+        [--graphs]
 
 Part 1, for each layer shape (in x out) and token count: y = x W^T + b with W magnitude-pruned to
 2:4, in ``--dtype``, timed with CUDA events in rotated interleaved rounds (engine.core.measure
@@ -13,7 +14,9 @@ with engine.timing.cuda_events), after a warm-up:
     cutlass            CUTLASS (SparseSemiStructuredTensor._FORCE_CUTLASS)
 
 each reported as its median with the relative interquartile range, and as speedup = dense / 2:4.
-A backend that does not run on this GPU is listed with its error instead.
+A backend that does not run on this GPU is listed with its error instead.  With ``--graphs`` every
+variant is replayed from a CUDA graph (GPU time without the CPU's launch and cuSPARSELt plan set-up),
+and the end-to-end part below profiles and verifies with ``hardware.cuda_graphs``.
 
 Part 2, MiniLM (all-MiniLM-L6-v2) at ``--batch`` x ``--seq-len`` tokens: the timing table of the
 cuda-2:4 profiler, then, for two allocations,
@@ -60,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128, help="MiniLM end to end: tokens per sentence")
     parser.add_argument("--no-e2e", action="store_true", help="skip the MiniLM end-to-end part")
     parser.add_argument("--quick", action="store_true", help="smoke run: two shapes, one token count, few repeats")
+    parser.add_argument("--graphs", action="store_true", help="replay every timed call from a CUDA graph")
     return parser.parse_args()
 
 
@@ -92,6 +96,7 @@ def measure_shape(n_in: int, n_out: int, tokens: int, dtype, args: argparse.Name
 
     from engine.runtime.semi24 import Semi24Kernels
     from engine.timing.cuda_events import CudaEventTimer, calls_for, estimate_seconds
+    from engine.timing.cuda24 import graphed_variants
     from engine.core.measure import time_interleaved
 
     layer = two_four_linear(n_in, n_out, dtype)
@@ -100,6 +105,9 @@ def measure_shape(n_in: int, n_out: int, tokens: int, dtype, args: argparse.Name
         candidates, notes = Semi24Kernels(dtype).candidates(layer, x)
         variants = {"dense": lambda: layer(x)} | {label: (lambda k=kernel: k(x)) for label, kernel in candidates.items()}
         calls = calls_for(estimate_seconds(variants["dense"]))
+        graph_note = ""
+        if args.graphs:
+            variants, graph_note = graphed_variants(variants)
         stats = time_interleaved(variants, args.warmup, args.repeats, args.max_spread, timer=CudaEventTimer(calls))
     dense = stats["dense"].median
     searched = notes.get("searched_alg_id")
@@ -110,7 +118,7 @@ def measure_shape(n_in: int, n_out: int, tokens: int, dtype, args: argparse.Name
     }
     return {
         "shape": [n_in, n_out], "tokens": tokens, "calls_per_sample": calls, "searched_alg_id": searched,
-        "failed": notes.get("failed", {}), "search_error": notes.get("search_error"),
+        "failed": notes.get("failed", {}), "search_error": notes.get("search_error"), "graph_note": graph_note,
         "columns": columns, "stats": {label: s.to_json() for label, s in stats.items()},
         "speedup": {column: (dense / stats[label].median if label in stats else None) for column, label in columns.items()},
         "best": max((label for label in candidates), key=lambda label: dense / stats[label].median, default=None),
@@ -158,7 +166,7 @@ def minilm_end_to_end(args: argparse.Namespace, out: Path) -> dict:
     loaded.layers = trace_layers(loaded, inputs)
     hardware = HardwareConfig(
         backend="cuda-2:4", dtype=args.dtype, batch_size=args.batch, warmup=args.warmup, repeats=args.repeats,
-        max_spread=args.max_spread,
+        max_spread=args.max_spread, cuda_graphs=args.graphs,
     )
     table = profile_cuda24(loaded, inputs, loaded.layers, hardware)
     save_table(table, out / "minilm_timings.json")
@@ -234,7 +242,8 @@ def main() -> int:
     report = [
         f"# 2:4 vs dense on {environment.get('gpu')} ({stamp})",
         "",
-        f"`benchmarks/bench_cuda24.py{' --quick' if args.quick else ''}`, {args.dtype}, CUDA events, "
+        f"`benchmarks/bench_cuda24.py{' --quick' if args.quick else ''}{' --graphs' if args.graphs else ''}`, {args.dtype}, "
+        f"CUDA events{', every call replayed from a CUDA graph' if args.graphs else ', eager calls'}, "
         f"{args.repeats} interleaved repeats, median ±relative IQR. Backends: {backends}.",
         "",
         shape_markdown(rows, args.dtype),

@@ -5,13 +5,14 @@
 #
 # Steps, in this order (each writes OUT/<step>.txt; a failed step does not stop the next):
 #   env      nvidia-smi, torch / CUDA / cuSPARSELt versions                        -> env.json
-#   pytest   the CUDA tests (tests/test_cuda24.py -m cuda)                          -> pytest.xml
+#   pytest   the CUDA tests (tests/test_cuda24.py, tests/test_cuda_graph.py; -m cuda)  -> pytest.xml
 #   timings  `spdy timings profiles/minilm-gpu-24.toml`: MiniLM's measured table    -> timings/timings.json
 #   obs      `spdy run` of that profile on the measured table at TARGET (OBS database, global AdaPrune)
 #                                                                                   -> run-obs/
 #   deploy   benchmarks/gpu_deploy_check.py run-obs: engine.deploy.load on the GPU -> deploy.json
-#   bench16  benchmarks/bench_cuda24.py --dtype float16: per shape, MiniLM end to end -> bench-float16/
+#   bench16  benchmarks/bench_cuda24.py --dtype float16 --graphs: per shape, MiniLM end to end -> bench-float16/
 #   bench-bf16  the same per shape in bfloat16                                      -> bench-bfloat16/
+#   eager16  the float16 shapes again without CUDA graphs (launch and plan set-up included) -> bench-float16-eager/
 #   little   the obs run with the little-data pipeline (database.method = "adaprune") -> run-little/
 #
 # TARGET is 1 + 0.9 (S_max - 1), where S_max = base / (base - prunable + sum_l min_c t[l][c]) is the
@@ -37,7 +38,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 SPDY=("$PYTHON" -m spdy_tui.cli)
 PROFILE=profiles/minilm-gpu-24.toml
-STEPS="${GPU_CHECKS_STEPS:-env pytest timings obs deploy bench16 bench-bf16 little}"
+STEPS="${GPU_CHECKS_STEPS:-env pytest timings obs deploy bench16 bench-bf16 little eager16}"
 LIMIT="${GPU_CHECKS_SECONDS:-0}"
 START=$SECONDS
 status=0
@@ -93,16 +94,17 @@ export PYTHON
 for name in $STEPS; do
     case "$name" in
         env) step env bash -c env_step; sed -n '/^{/,/^}/p' "$OUT/env.txt" > "$OUT/env.json" ;;
-        pytest) step pytest "$PYTHON" -m pytest -m cuda -ra -v -p no:cacheprovider tests/test_cuda24.py --junitxml "$OUT/pytest.xml" ;;
+        pytest) step pytest "$PYTHON" -m pytest -m cuda -ra -v -p no:cacheprovider tests/test_cuda24.py tests/test_cuda_graph.py --junitxml "$OUT/pytest.xml" ;;
         timings) step timings "${SPDY[@]}" timings "$PROFILE" --out "$OUT/timings" --set search.target=1.0 ;;
         obs) step obs "${SPDY[@]}" run "$PROFILE" --out "$OUT/run-obs" --set "hardware.timings=$OUT/timings/timings.json" \
                  --set "search.target=$(target)" ;;
         deploy) step deploy "$PYTHON" benchmarks/gpu_deploy_check.py "$OUT/run-obs" --json "$OUT/deploy.json" ;;
-        bench16) step bench16 "$PYTHON" benchmarks/bench_cuda24.py --dtype float16 --out "$OUT/bench-float16" ;;
-        bench-bf16) step bench-bf16 "$PYTHON" benchmarks/bench_cuda24.py --dtype bfloat16 --no-e2e --out "$OUT/bench-bfloat16" ;;
+        bench16) step bench16 "$PYTHON" benchmarks/bench_cuda24.py --dtype float16 --graphs --out "$OUT/bench-float16" ;;
+        bench-bf16) step bench-bf16 "$PYTHON" benchmarks/bench_cuda24.py --dtype bfloat16 --graphs --no-e2e --out "$OUT/bench-bfloat16" ;;
+        eager16) step eager16 "$PYTHON" benchmarks/bench_cuda24.py --dtype float16 --no-e2e --out "$OUT/bench-float16-eager" ;;
         little) step little "${SPDY[@]}" run "$PROFILE" --out "$OUT/run-little" --set "hardware.timings=$OUT/timings/timings.json" \
                     --set "search.target=$(target)" --set database.method=adaprune ;;
-        *) echo "unknown step $name (env pytest timings obs deploy bench16 bench-bf16 little)" >&2; status=1 ;;
+        *) echo "unknown step $name (env pytest timings obs deploy bench16 bench-bf16 eager16 little)" >&2; status=1 ;;
     esac
 done
 echo "results in $OUT (status $status, $((SECONDS - START))s)" >&2

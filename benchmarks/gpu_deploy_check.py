@@ -11,9 +11,10 @@ Checks, and exits 1 naming the first that fails:
 * ``sentence_transformer(RUN_DIR).encode`` returns finite embeddings, and their cosine to the
   deployed model's own pooled output is 1 up to rounding.
 
-Then times the deployed model against the dense model (same dtype, cuBLAS), interleaved, with
-CUDA events (``engine.core.measure`` with ``engine.timing.cuda_events``), and prints one markdown
-row: dense ms, deployed ms (median ±relative IQR) and the speedup.
+Then times the deployed model against the dense model (same dtype, cuBLAS; replayed from a CUDA
+graph too when the run's runtime is "cuda-graph"), interleaved, with CUDA events
+(``engine.core.measure`` with ``engine.timing.cuda_events``), and prints one markdown row: dense
+ms, deployed ms (median ±relative IQR) and the speedup.
 """
 
 from __future__ import annotations
@@ -48,18 +49,21 @@ def main() -> int:
     from engine.deploy import load, sentence_transformer
     from engine.export.result import allocation, read_result
     from engine.run.context import RunContext
+    from engine.runtime.cuda_graph import CudaGraphModule
     from engine.runtime.execution import forward
     from engine.runtime.semi24 import Semi24Linear
     from engine.timing.cuda24 import TWO_FOUR_LEVEL, inputs_on, on_device, torch_dtype
     from engine.timing.cuda_events import CudaEventTimer
 
     ctx = RunContext.from_dir(args.run_dir)
-    levels = allocation(read_result(args.run_dir))
+    result = read_result(args.run_dir)
+    levels = allocation(result)
     recorded = ctx.table.environment.get("kernels", {})
     dtype, cuda = torch_dtype(ctx.profile.hardware.dtype), torch.device("cuda")
 
     deployed = load(args.run_dir)
-    kernels = {name: module for name, module in deployed.named_modules() if isinstance(module, Semi24Linear)}
+    inner = deployed.model if isinstance(deployed, CudaGraphModule) else deployed
+    kernels = {name: module for name, module in inner.named_modules() if isinstance(module, Semi24Linear)}
     expected = {name for name, level in levels.items() if level == TWO_FOUR_LEVEL}
     if set(kernels) != expected:
         print(f"FAIL: 2:4 kernels in {sorted(set(kernels) ^ expected)} differ from the run's allocation", file=sys.stderr)
@@ -89,6 +93,8 @@ def main() -> int:
         print(f"FAIL: sentence_transformer embeddings disagree with the deployed model (min cosine {agreement:.4f})", file=sys.stderr)
         return 1
 
+    if result.get("runtime") == "cuda-graph":  # the dense model as a user would run it beside the deployed one
+        dense = CudaGraphModule(dense, inputs)
     with torch.no_grad():
         stats = time_interleaved(
             {"dense": lambda: forward(ctx.loaded, dense, inputs), "deployed": lambda: forward(ctx.loaded, deployed, inputs)},
@@ -96,15 +102,16 @@ def main() -> int:
         )
     record = {
         "run_dir": str(args.run_dir), "gpu": torch.cuda.get_device_name(), "dtype": ctx.profile.hardware.dtype,
+        "runtime": result.get("runtime"),
         "layers_at_24": len(kernels), "max_relative_difference": difference, "encode_min_cosine": agreement,
         "dense": stats["dense"].to_json(), "deployed": stats["deployed"].to_json(),
         "speedup": stats["dense"].median / stats["deployed"].median,
     }
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
-    print("| run | layers at 2:4 | dense ms | deployed ms | speedup | max rel. difference |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {args.run_dir.name} | {len(kernels)} | {stats['dense'].median * 1e3:.3f} ±{stats['dense'].spread:.0%} | "
+    print("| run | runtime | layers at 2:4 | dense ms | deployed ms | speedup | max rel. difference |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.run_dir.name} | {record['runtime']} | {len(kernels)} | {stats['dense'].median * 1e3:.3f} ±{stats['dense'].spread:.0%} | "
           f"{stats['deployed'].median * 1e3:.3f} ±{stats['deployed'].spread:.0%} | {record['speedup']:.3f}x | {difference:.2g} |")
     return 0
 

@@ -3,6 +3,7 @@ kernels), and, on an NVIDIA GPU (``-m cuda``; skipped without one), the real ker
 dense-with-zeros, the CUDA event timer, and profile/verify on MiniLM."""
 
 import copy
+from dataclasses import replace
 import math
 import subprocess
 import sys
@@ -222,9 +223,10 @@ def test_verify_returns_the_fields_of_the_cpu_verify(profiled):
     assert outcome["dense_baseline"] == table.dense_baseline == "torch-float32"
 
 
-def test_the_runtime_recorded_for_a_24_run_is_the_eager_one_verify_measured():
+def test_the_runtime_recorded_for_a_24_run_is_the_one_verify_measured():
     hardware = HardwareConfig(backend="cuda-2:4", dtype="float16", runtime="compiled")
     assert get_backend("cuda-2:4").runtime(hardware) == "eager"
+    assert get_backend("cuda-2:4").runtime(replace(hardware, cuda_graphs=True)) == "cuda-graph"
     assert get_backend("cpu").runtime(HardwareConfig(runtime="compiled")) == "compiled"
 
 

@@ -183,3 +183,20 @@ def test_dense_only_layers_from_the_profiler(table):
     assert all(result.allocation.levels[row] == DENSE for row in range(4, 36, 6))
     for allocation in (baselines.uniform(problem), baselines.prior(problem)):
         assert all(allocation.levels[row] == DENSE for row in range(4, 36, 6))
+
+
+def test_a_table_where_no_24_level_pays_is_refused_with_the_reason(table, tmp_path):
+    """As measured on an H200 in eager PyTorch (docs/gpu.md): every 2:4 time above dense."""
+    from types import SimpleNamespace
+
+    from engine.core.errors import RunError
+    from engine.run.stages.search import run_search
+
+    slow = TimingTable(table.base, table.prunable, [
+        LayerTimes(layer.name, layer.levels, (layer.dense_seconds,) + tuple(2 * layer.dense_seconds for _ in layer.levels[1:]))
+        for layer in table.layers
+    ], backend="cuda-2:4")
+    problem = make_problem(slow, 1.0)
+    assert problem.searchable == [] and len(problem.dropped) == 36
+    with pytest.raises(RunError, match=r"timings.json: no layer has a usable level besides dense \(36 levels slower"):
+        run_search(SimpleNamespace(run_dir=tmp_path), problem)

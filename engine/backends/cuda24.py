@@ -7,7 +7,8 @@ in the same dtype,
     max |y_sparse - y_dense_with_zeros| <= tol(dtype) * max |y_dense_with_zeros|,
 
 (the kernels only reorder the float16/bfloat16 accumulation), then times dense and sparse end
-to end, interleaved: measured_speedup = median(dense) / median(sparse).
+to end, interleaved: measured_speedup = median(dense) / median(sparse); with ``hardware.cuda_graphs``
+both are replayed from CUDA graphs, as the table was measured and as ``engine.deploy`` runs it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from engine.core.masks import satisfies_nm
 from engine.runtime.execution import forward
 from engine.runtime.semi24 import TWO_FOUR, Semi24Kernels
 from engine.timing.cuda24 import (
-    LEVELS, TWO_FOUR_LEVEL, Kernels, check_device, device_timer, inputs_on, on_device, profile_cuda24, torch_dtype,
+    LEVELS, TWO_FOUR_LEVEL, Kernels, check_device, device_timer, graphed_variants, inputs_on, on_device, profile_cuda24,
+    torch_dtype,
 )
 from engine.timing.table import TimingTable
 
@@ -81,12 +83,18 @@ def verify_cuda24(
             f"{error:.3g} > {tolerance:g} x max |output| ({scale:.3g})"
         )
     dense_model = on_device(loaded.model, device, dtype)
+    variants = {"dense": lambda: forward(loaded, dense_model, inputs), "sparse": lambda: forward(loaded, sparse_model, inputs)}
+    runtime, note = "eager", ""
+    if getattr(hardware, "cuda_graphs", False) and device.type == "cuda":  # as the table was measured, and as deployed
+        variants, note = graphed_variants(variants)
+        runtime = "eager" if note else "cuda-graph"
     stats = time_interleaved(
-        {"dense": lambda: forward(loaded, dense_model, inputs), "sparse": lambda: forward(loaded, sparse_model, inputs)},
-        warmup=hardware.warmup, repeats=hardware.repeats, max_spread=hardware.max_spread, timer=device_timer(device, 1),
+        variants, warmup=hardware.warmup, repeats=hardware.repeats, max_spread=hardware.max_spread, timer=device_timer(device, 1),
     )
     fields = outcome(predicted, stats["dense"], stats["sparse"], table.dense_baseline or f"torch-{hardware.dtype}", error)
-    fields["runtime"] = "eager"
+    fields["runtime"] = runtime
+    if note:
+        fields["note"] = f"end to end {note}"
     return fields
 
 
@@ -126,5 +134,6 @@ class Cuda24Backend:
         return verify_cuda24(loaded, final, levels, example_inputs, table, hardware, predicted)
 
     def runtime(self, hardware) -> str:
-        """The 2:4 model runs eagerly (``Semi24Linear`` modules, cuBLAS elsewhere); ``hardware.runtime`` is the CPU's."""
-        return "eager"
+        """The 2:4 model (``Semi24Linear`` modules, cuBLAS elsewhere) replayed from a CUDA graph with
+        ``hardware.cuda_graphs``, else eager; ``hardware.runtime`` is the CPU's option."""
+        return "cuda-graph" if getattr(hardware, "cuda_graphs", False) else "eager"

@@ -8,7 +8,8 @@
 
 ``load`` builds the run's final weights (``final.safetensors``) into the backend's executable
 model (``engine.backends``: our sparse kernels in the pruned layers, the dense path elsewhere)
-and, for ``hardware.runtime = "compiled"``, compiles the whole model (``engine.runtime.compiled``).
+and, for ``hardware.runtime = "compiled"``, compiles the whole model (``engine.runtime.compiled``);
+a cuda-2:4 run with ``hardware.cuda_graphs`` replays it from a CUDA graph (``engine.runtime.cuda_graph``).
 It is called like the original model and returns what the original returns (for a Hugging Face
 encoder: an output whose ``last_hidden_state`` and ``[0]`` are the token states); the outputs equal
 the dense-with-zeros pruned model's up to float rounding.  The speedup lives in this runtime:
@@ -36,7 +37,7 @@ from engine.core.errors import RunError
 from engine.export.result import allocation, read_result
 from engine.run.context import RunContext
 
-RUNTIMES = ("eager", "compiled")
+RUNTIMES = ("eager", "compiled", "cuda-graph")
 COMPARED = ("cpu", "isa", "torch", "numba", "numpy", "spdy-tui", "gpu")
 
 
@@ -70,7 +71,7 @@ def runtime_of(ctx: RunContext, result: dict) -> str:
 
 
 def load(run_dir: str | Path, runtime: str | None = None) -> nn.Module:
-    """The run's pruned model on its runtime (or ``runtime``: "eager" or "compiled"), in eval mode."""
+    """The run's pruned model on its runtime (or ``runtime``: "eager", "compiled" or "cuda-graph"), in eval mode."""
     return _load(_context(run_dir), runtime)
 
 
@@ -86,9 +87,7 @@ def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
             "re-measure here with `spdy verify` or `spdy bench`", DeployWarning, stacklevel=3,
         )
     executable = ctx.backend.build(ctx.loaded, ctx.final_model, allocation(result), ctx.table, ctx.profile.hardware)
-    if runtime == "eager":
-        return executable.eval()
-    return compiled_model(ctx, executable)
+    return on_runtime(ctx, executable, runtime)
 
 
 def allocation_model(run_dir: str | Path, levels: dict[str, str], runtime: str | None = None) -> nn.Module:
@@ -98,7 +97,27 @@ def allocation_model(run_dir: str | Path, levels: dict[str, str], runtime: str |
     runtime = runtime or runtime_of(ctx, read_result(ctx.run_dir))
     final = ctx.stitcher.copy({name: levels[name] for name in ctx.loaded.layer_names})
     executable = ctx.backend.build(ctx.loaded, final, levels, ctx.table, ctx.profile.hardware)
-    return executable.eval() if runtime == "eager" else compiled_model(ctx, executable)
+    return on_runtime(ctx, executable, runtime)
+
+
+def on_runtime(ctx: RunContext, executable: nn.Module, runtime: str) -> nn.Module:
+    """``executable`` (the backend's model) as ``runtime`` runs it: eager, compiled, or replayed from a CUDA graph."""
+    if runtime == "eager":
+        return executable.eval()
+    if runtime == "cuda-graph":
+        return graphed_model(ctx, executable)
+    return compiled_model(ctx, executable)
+
+
+def graphed_model(ctx: RunContext, executable: nn.Module) -> nn.Module:
+    """``executable`` (on the GPU) replaying a CUDA graph captured for the run's timing batch; calls
+    with other shapes run it eagerly (``engine.runtime.cuda_graph``)."""
+    from engine.runtime.cuda_graph import CudaGraphModule
+    from engine.timing.cuda24 import inputs_on, torch_dtype
+
+    device = next(executable.parameters()).device
+    example = inputs_on(ctx.timing_inputs(), device, torch_dtype(ctx.profile.hardware.dtype))
+    return CudaGraphModule(executable.eval(), example).eval()
 
 
 def compiled_model(ctx: RunContext, executable: nn.Module) -> nn.Module:

@@ -107,7 +107,7 @@ def _calls_per_sample(device: torch.device, call: Callable[[], object]) -> int:
     return calls_for(estimate_seconds(call))
 
 
-def _graphed(variants: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable[[], object]], str]:
+def graphed_variants(variants: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable[[], object]], str]:
     """Each variant replayed from a CUDA graph; the eager variants and a note if one cannot be captured."""
     from engine.timing.cuda_events import graphed
 
@@ -144,8 +144,15 @@ def profile_cuda24(
     def whole_model():
         return forward(loaded, model, inputs)
 
+    end_to_end_call, end_to_end_note = whole_model, ""
+    if use_graphs:  # base as a graph too, so that base - prunable holds no launch costs the layers' times lack
+        replays, end_to_end_note = graphed_variants({"dense": whole_model})
+        if end_to_end_note:  # the whole model cannot be captured: everything eager, so base and layers agree
+            use_graphs = False
+        else:
+            end_to_end_call = replays["dense"]
     end_to_end = time_interleaved(
-        {"dense": whole_model}, hardware.warmup, max(5, hardware.repeats // 2), hardware.max_spread,
+        {"dense": end_to_end_call}, hardware.warmup, max(5, hardware.repeats // 2), hardware.max_spread,
         timer=device_timer(device, 1),
     )["dense"]
     captured = capture_inputs(whole_model, model, names)
@@ -168,7 +175,8 @@ def profile_cuda24(
     environment = describe_environment()
     environment.update(
         device=str(device), dtype=hardware.dtype, cuda_graphs=use_graphs, timer="cuda events" if device.type == "cuda" else "wall clock",
-        end_to_end={"dense": end_to_end.to_json()}, kernels=kernel_records, unstable_rows=unstable,
+        end_to_end={"dense": end_to_end.to_json(), **({"note": f"whole model {end_to_end_note}"} if end_to_end_note else {})},
+        kernels=kernel_records, unstable_rows=unstable,
         backends=kernels.library_report() if hasattr(kernels, "library_report") else {},
     )
     prunable = math.fsum(row.dense_seconds for row in rows)
@@ -201,7 +209,7 @@ def _profile_layer(
     with torch.no_grad():
         calls = _calls_per_sample(device, variants["dense"])
         if use_graphs:
-            variants, graph_note = _graphed(variants)
+            variants, graph_note = graphed_variants(variants)
         stats = time_interleaved(variants, hardware.warmup, hardware.repeats, hardware.max_spread, timer=device_timer(device, calls))
     dense_seconds = stats["dense"].median
     if not candidates:

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from engine.runtime.cuda_graph import capture
+
 SAMPLE_SECONDS = 2e-4  # a sample lasts at least this long (400x the event resolution)
 MAX_CALLS = 1000
 
@@ -61,18 +63,7 @@ def estimate_seconds(call: Callable[[], object], tries: int = 3) -> float:
 
 
 def graphed(call: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
-    """The replay of ``call`` captured in a CUDA graph.
-
-    Capture needs the call warmed up on a side stream first (lazy initialisation, workspace
-    allocation); the graph then owns static copies of every tensor the call allocates."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    torch.cuda.synchronize()
+    """The replay of ``call`` captured in a CUDA graph (``engine.runtime.cuda_graph.capture``): the
+    graph owns static copies of every tensor the call allocates."""
+    graph, _ = capture(call, warmup)
     return graph.replay

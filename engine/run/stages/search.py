@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from engine.core.errors import RunError
 from engine.core.events import read_events
 from engine.executors import open_executor
 from engine.export.result import finite
@@ -40,6 +41,12 @@ def run_search(ctx: RunContext, problem, start=None, settings: SearchSettings | 
     ``start``: coefficients scored first, before the random inits (the closed loop).  Losses of
     allocations already in the log are replayed, whatever round scored them: an allocation's loss
     does not depend on the target.  Evaluations are numbered on from those already logged."""
+    if not problem.searchable:
+        dropped = f" ({len(problem.dropped)} levels slower than dense dropped)" if getattr(problem, "dropped", None) else ""
+        raise RunError(
+            f"{ctx.run_dir / 'timings.json'}: no layer has a usable level besides dense{dropped}: on this machine no "
+            "allocation is faster than the dense model, so there is nothing to search"
+        )
     config = ctx.profile.search
     logged = logged_evaluations(ctx)
     replay = {event["key"]: (math.inf if event["loss"] is None else event["loss"]) for event in logged if "key" in event}

@@ -278,6 +278,8 @@ def test_semi24_linear_equals_dense_with_zeros(dtype, library, bias, shape):
     x = torch.randn(4, 101, shape[0], device="cuda", dtype=dtype)  # 404 token rows: padded inside torch
     expected, got = linear(x), kernel(x)
     assert got.shape == expected.shape == (4, 101, shape[1]) and got.dtype == dtype
+    assert got.stride() == expected.stride()  # the dense layer's layout: a transposed one slows what follows
+    assert kernel.to("cuda") is kernel  # Module.to (sentence-transformers' encode) leaves the compressed weight be
     tolerance = 2e-2 if dtype == torch.float16 else 6e-2
     assert (got.float() - expected.float()).abs().max() <= tolerance * expected.float().abs().max()
 

@@ -15,6 +15,12 @@ two libraries (compute capability >= 8.0, float16 or bfloat16):
   real input (the product F.linear runs: compressed W times x^T, result transposed);
 * ``cutlass`` (``SparseSemiStructuredTensor._FORCE_CUTLASS = True``): multiples of 32 x 64.
 
+y comes out in the dense layer's layout, (tokens, out) row-major: cuSPARSELt is asked to write
+it transposed (``fuse_transpose_cusparselt``), and CUTLASS's column-major result is copied.  The
+libraries' own column-major result let every MiniLM layer time faster alone on an H200 while the
+whole model ran 3.5x slower, since the attention and views after it met a transposed layout
+(docs/gpu.md).
+
 Token rows are padded inside torch to the kernels' minimum (8).  Not every library runs on every
 GPU (torch's CUTLASS 2:4 kernels were built for compute capability 8.x; some cuSPARSELt versions
 reject an architecture), so ``library_failure`` tries a tiny product once per library and dtype,
@@ -166,7 +172,11 @@ class Semi24Linear(nn.Module):
             compressed = to_sparse_semi_structured(weight.contiguous())
         if library == "cusparselt":
             compressed.alg_id_cusparselt = self.alg_id  # to_sparse_semi_structured takes no alg_id; the product reads this
-        self.weight = nn.Parameter(compressed, requires_grad=False)
+            # cuSPARSELt writes y already transposed, so y comes out (tokens, out) row-major like the dense layer's
+            compressed.fuse_transpose_cusparselt = True
+        # a plain attribute, not a Parameter: Module.to() (sentence-transformers' encode calls it) cannot move or
+        # cast the compressed tensor (torch 2.11: NotImplementedError for to.dtype_layout), and it is already in place
+        self.weight = compressed
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).contiguous(), requires_grad=False)
 
     @classmethod
@@ -186,6 +196,8 @@ class Semi24Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+        if not y.is_contiguous():  # the dense layer's layout, or attention and views downstream slow down (docs/gpu.md)
+            y = y.contiguous()
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

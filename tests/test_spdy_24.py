@@ -1,10 +1,8 @@
-"""SPDY over two choices per layer, {dense, 2:4}: the DP, the search and the baselines on a
-GPU-style timing table.
-
-The table is SYNTHETIC (tests/data/cuda24/README.md): no GPU was available, so its times are
-derived from MiniLM's layer FLOPs, with 2:4 faster on the FFN shapes and slower on the 384 x 384
-attention projections.  Every expected answer is computed from the table the test reads, so a
-measured table can replace it."""
+"""SPDY over two choices per layer, {dense, 2:4}: the DP, the search and the baselines on GPU
+timing tables measured on an NVIDIA H200 (tests/data/cuda24/README.md): all-MiniLM-L6-v2 in
+float16, 256 sentences, every call replayed from a CUDA graph (every 2:4 layer faster alone), and
+the same eagerly (every 2:4 layer slower: torch re-plans cuSPARSELt on each call).  Every
+expected answer is computed from the table the test reads."""
 
 import itertools
 import math
@@ -22,13 +20,30 @@ from engine.timing.table import LayerTimes, TimingTable, load_table
 
 from .conftest import TABLES
 
-FIXTURE = Path(__file__).parent / "data" / "cuda24" / "minilm-synthetic.json"
+FIXTURE = Path(__file__).parent / "data" / "cuda24" / "minilm-h200-graphs.json"
+EAGER = Path(__file__).parent / "data" / "cuda24" / "minilm-h200-eager.json"
 DENSE, TWO_FOUR = "0.0000", "2:4"
 
 
 @pytest.fixture(scope="module")
-def table():
+def measured():
     return load_table(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def table(measured):
+    """Both kinds of layer in one measured table: the FFN rows as replayed from CUDA graphs (2:4
+    faster), the attention projections' 2:4 times as measured eagerly (2:4 slower)."""
+    eager = load_table(EAGER)
+    layers = [layer if "attention" not in layer.name else
+              LayerTimes(layer.name, layer.levels, (layer.dense_seconds, eager.layers[row].seconds_at(TWO_FOUR)), "eager 2:4")
+              for row, layer in enumerate(measured.layers)]
+    return TimingTable(measured.base, measured.prunable, layers, backend="cuda-2:4", environment=measured.environment)
+
+
+def between(table, fraction):
+    """A target a fraction of the way from 1x to the table's largest speedup."""
+    return 1 + fraction * (make_problem(table, 1.0).max_speedup - 1)
 
 
 def faster(table):
@@ -36,17 +51,22 @@ def faster(table):
     return [row for row, layer in enumerate(table.layers) if layer.seconds_at(TWO_FOUR) < layer.dense_seconds]
 
 
-def test_fixture_says_it_is_synthetic(table):
-    assert table.environment["synthetic"] is True and table.backend == "cuda-2:4"
-    assert table.environment["source"].startswith("SYNTHETIC, not a measurement")
-    assert any(w.startswith("SYNTHETIC") for w in table.warnings) and table.dense_baseline.startswith("synthetic")
-    assert "SYNTHETIC" in (FIXTURE.parent / "README.md").read_text()
-    assert all(layer.levels == (DENSE, TWO_FOUR) for layer in table.layers) and len(table.layers) == 36
-    assert 0 < len(faster(table)) < 36  # both kinds of layer are present: the test below means something
+def test_the_fixtures_name_the_gpu_and_runtime_they_were_measured_on(measured):
+    eager = load_table(EAGER)
+    for table, graphs in ((measured, True), (eager, False)):
+        assert table.backend == "cuda-2:4" and table.environment["gpu"] == "NVIDIA H200"
+        assert table.environment["cuda_graphs"] is graphs and table.environment["dtype"] == "float16"
+        assert all(layer.levels == (DENSE, TWO_FOUR) for layer in table.layers) and len(table.layers) == 36
+    assert len(faster(measured)) == 36 and faster(eager) == []  # replayed, every 2:4 layer pays; eagerly, none
+    assert "NVIDIA H200" in (FIXTURE.parent / "README.md").read_text()
+
+
+def test_the_mixed_table_has_both_kinds_of_layer(table):
+    assert faster(table) == [row for row in range(36) if row % 6 in (4, 5)]  # the FFN layers
 
 
 def test_slower_24_levels_are_dropped_and_their_layers_not_searched(table):
-    problem = make_problem(table, 1.05)
+    problem = make_problem(table, between(table, 0.5))
     fast = faster(table)
     assert problem.searchable == fast
     assert {name for name, level in problem.dropped} == {table.names[row] for row in range(36) if row not in fast}
@@ -126,45 +146,47 @@ class BinaryScorer:
 
 
 def test_search_over_binary_choices(table):
-    problem = make_problem(table, 1.06)
+    target = between(table, 0.6)
+    problem = make_problem(table, target)
     weights = np.random.default_rng(7).uniform(0.1, 10.0, 36)
     scorer = BinaryScorer(weights)
     result = Search(problem, scorer, SearchSettings(seed=0)).run()  # the default 100 inits, windows of 100
     fast = problem.searchable
     assert all(result.allocation.levels[row] == DENSE for row in range(36) if row not in fast)
-    assert result.allocation.predicted_time <= table.base / 1.06
+    assert result.allocation.predicted_time <= table.base / target
     assert result.loss == scorer.exact(result.allocation.levels)
     assert result.loss < scorer.exact(baselines.prior(problem).levels) < scorer.exact(baselines.uniform(problem).levels)
     # the true optimum over the layers that can gain (2^12), in unrounded time; the search is a
-    # heuristic: over 4 weight draws x 3 search seeds it reached the optimum 7 times out of 12,
-    # median 1.00x of it, one run at 1.40x (the same with the previous, rounded-up DP); this one 1.05x
+    # heuristic: on this table, over 4 weight draws x 3 search seeds it reached the optimum 8 times
+    # out of 12, at most 1.10x of it; this one (weights 7, seed 0) reaches it
     best = math.inf
     for subset in itertools.product([DENSE, TWO_FOUR], repeat=len(fast)):
         levels = [DENSE] * 36
         for row, level in zip(fast, subset):
             levels[row] = level
-        if table.predicted_time(levels) <= table.base / 1.06:
+        if table.predicted_time(levels) <= table.base / target:
             best = min(best, scorer.exact(levels))
-    assert best <= result.loss <= 1.06 * best
+    assert result.loss == pytest.approx(best, rel=1e-12)
 
 
 def test_baselines_over_binary_choices(table):
-    problem = make_problem(table, 1.06)
+    target = between(table, 0.6)
+    problem = make_problem(table, target)
     fast = set(faster(table))
     uniform = baselines.uniform(problem)
     assert uniform.levels == [TWO_FOUR if row in fast else DENSE for row in range(36)]  # 2:4 wherever it pays
     assert uniform.predicted_time == pytest.approx(table.predicted_time(uniform.levels), rel=1e-15)
     prior = baselines.prior(problem)
-    assert prior.levels == problem.solve().levels and prior.predicted_speedup >= 1.06
+    assert prior.levels == problem.solve().levels and prior.predicted_speedup >= target
     assert all(prior.levels[row] == DENSE for row in range(36) if row not in fast)
     errors = {name: {TWO_FOUR: 0.0 if row not in fast else 1.0 + row} for row, name in enumerate(table.names)}
     squared = baselines.squared_error(problem, errors)  # even free 2:4 stays off the slow layers
     assert all(squared.levels[row] == DENSE for row in range(36) if row not in fast)
-    assert squared.predicted_speedup >= 1.06
+    assert squared.predicted_speedup >= target
     generator = torch.Generator().manual_seed(0)
     weights = {name: torch.randn(64, 64, generator=generator) * (1 + row % 3) for row, name in enumerate(table.names)}
     magnitude = baselines.global_magnitude(problem, weights)
-    assert magnitude.predicted_speedup >= 1.06
+    assert magnitude.predicted_speedup >= target
     assert set(magnitude.levels) <= {DENSE, TWO_FOUR}
     assert all(magnitude.levels[row] == DENSE for row in range(36) if row not in fast)
     with pytest.raises(InfeasibleTarget):
@@ -176,7 +198,7 @@ def test_dense_only_layers_from_the_profiler(table):
     layers = [LayerTimes(layer.name, (DENSE,), (layer.dense_seconds,), "dense only: test") if row % 6 == 4 else layer
               for row, layer in enumerate(table.layers)]  # every FFN-in layer dense-only
     reduced = TimingTable(table.base, table.prunable, layers, backend="cuda-2:4")
-    problem = make_problem(reduced, 1.02)
+    problem = make_problem(reduced, between(reduced, 0.5))
     assert problem.searchable == [row for row in faster(table) if row % 6 != 4]
     assert prior_costs(problem.levels)[4].tolist() == [0.0, math.inf]
     result = Search(problem, BinaryScorer(np.ones(36)), SearchSettings(random_inits=5, window=5)).run()
@@ -185,18 +207,14 @@ def test_dense_only_layers_from_the_profiler(table):
         assert all(allocation.levels[row] == DENSE for row in range(4, 36, 6))
 
 
-def test_a_table_where_no_24_level_pays_is_refused_with_the_reason(table, tmp_path):
-    """As measured on an H200 in eager PyTorch (docs/gpu.md): every 2:4 time above dense."""
+def test_a_table_where_no_24_level_pays_is_refused_with_the_reason(tmp_path):
+    """As measured on the H200 in eager PyTorch: every 2:4 time above dense."""
     from types import SimpleNamespace
 
     from engine.core.errors import RunError
     from engine.run.stages.search import run_search
 
-    slow = TimingTable(table.base, table.prunable, [
-        LayerTimes(layer.name, layer.levels, (layer.dense_seconds,) + tuple(2 * layer.dense_seconds for _ in layer.levels[1:]))
-        for layer in table.layers
-    ], backend="cuda-2:4")
-    problem = make_problem(slow, 1.0)
+    problem = make_problem(load_table(EAGER), 1.0)
     assert problem.searchable == [] and len(problem.dropped) == 36
     with pytest.raises(RunError, match=r"timings.json: no layer has a usable level besides dense \(36 levels slower"):
         run_search(SimpleNamespace(run_dir=tmp_path), problem)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.model.losses import METRIC_NAMES
-from engine.run.runlog import RunState, summarise, unreadable_warning
+from engine.run.runlog import RunState, relax_line, summarise, unreadable_warning
 from spdy_tui.plot import loss_plot
 
 
@@ -36,6 +36,7 @@ def summary_json(path: Path) -> dict:
         "final": state.final,
         "verify": state.verify,
         "tighten": state.tighten,
+        "relax": state.relax,
         "errors": state.errors,
         "finished": state.finished,
         "unreadable_lines": state.unreadable_lines,
@@ -99,6 +100,8 @@ def render_summary(path: Path, console: Console) -> None:
     for event in state.tighten:
         console.print(f"closed loop round {event['round']}: measured {event['measured']:.3f}x < target {event['target']:g}x, "
                       f"searched on at {event['search_target']:.3f}x")
+    for event in state.relax:
+        console.print(relax_line(event))
     for message in state.errors:
         console.print(f"[red]error:[/] {escape(str(message))}")
     if state.finished:

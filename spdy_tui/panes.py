@@ -13,7 +13,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.run.runlog import Progress, RunState
+from engine.run.runlog import Progress, RunState, relax_line
 from spdy_tui.names import legend, short_names
 from spdy_tui.plot import loss_plot
 
@@ -190,7 +190,7 @@ class OutcomePane(StatePane):
                  f"< target {number(event.get('target'), '.3f', 'x')}, searching on at {number(event.get('search_target'), '.3f', 'x')}",
                  style="yellow")
             for event in state.tighten
-        ]
+        ] + [Text(relax_line(event), style="green" if event.get("outcome") == "kept" else "yellow") for event in state.relax]
         return Group(table, summary, *rounds)
 
 

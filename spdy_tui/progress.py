@@ -117,6 +117,10 @@ class StderrProgress:
         elif kind == "tighten":
             self._line(f"closed loop round {event['round']}: measured {event['measured']:.3f}x < target {event['target']:g}x; "
                        f"searching on at {event['search_target']:.3f}x")
+        elif kind == "relax":
+            from engine.run.runlog import relax_line
+
+            self._line(relax_line(event))
         elif kind == "finetune":
             self._finetune(event)
         elif kind == "error":

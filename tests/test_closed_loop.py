@@ -91,3 +91,70 @@ def test_the_report_lists_the_closed_loops_rounds():
         "- Closed loop stopped: the table cannot meet the tightened target 7.5000x",
         "- Promise met (measured within the tolerance of the target): **no**",
     ]
+
+
+RELAX = NO_VERIFY + "\nrelax = true"
+
+
+@pytest.fixture
+def relaxing(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", write_profile(tmp_path, target=1.5, extra=MAGNITUDE_DATABASE, export=RELAX), "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def verify_with(run_dir, monkeypatch, measurements):
+    measured = iter(measurements)
+    monkeypatch.setattr(verify_stage, "measure", lambda ctx, result: outcome(next(measured), result["predicted_speedup"]))
+    with EventLog(run_dir / "events.jsonl") as log:
+        verify_stage.make(RunContext.from_dir(run_dir, log))
+    return read_result(run_dir), [e for e in read_events(run_dir / "events.jsonl") if e["type"] in ("relax", "final", "verify")]
+
+
+def test_a_surplus_is_spent_on_a_search_at_the_lowered_target_and_kept_when_it_still_meets_it(relaxing, monkeypatch):
+    before = read_result(relaxing)
+    after, events = verify_with(relaxing, monkeypatch, [1.8, 1.55])
+    lowered = 1.5 * 1.5 / 1.8
+    assert after["closed_loop"]["relaxed"] == {"search_target": lowered, "measured": 1.55,
+                                               "predicted": after["predicted_speedup"], "kept": True}
+    assert after["closed_loop"]["search_target"] == lowered and after["closed_loop"]["promise_met"] is True
+    assert after["measured_speedup"] == 1.55 and after["search_target"] == lowered
+    assert lowered <= after["predicted_speedup"] < before["predicted_speedup"]
+    assert after["loss"]["calibration"] <= before["loss"]["calibration"]  # a looser budget: no more loss
+    speeds = [entry["predicted_speedup"] for entry in after["baselines"].values() if entry["predicted_speedup"] is not None]
+    assert speeds and min(speeds) >= lowered and min(speeds) < before["predicted_speedup"]  # baselines at the same target
+    relax = [(e["outcome"], e["measured"]) for e in events if e["type"] == "relax"]
+    assert relax == [("searching", 1.8), ("kept", 1.55)]
+    assert not (relaxing / "closed-loop-aside").exists()
+    shown = run_cli("inspect", relaxing)
+    assert f"searching at {lowered:.3f}x to spend it on quality" in shown.stdout and "measured 1.550x: kept" in shown.stdout
+
+
+def test_a_relaxed_model_short_of_the_target_is_dropped_and_the_faster_one_restored(relaxing, monkeypatch):
+    before = read_result(relaxing)
+    files = {name: (relaxing / name).read_bytes() for name in ("search.json", "final.safetensors")}
+    after, events = verify_with(relaxing, monkeypatch, [1.8, 1.4])
+    assert after["closed_loop"]["relaxed"]["kept"] is False and after["closed_loop"]["promise_met"] is True
+    assert after["measured_speedup"] == 1.8 and after["layers"] == before["layers"] and after["loss"] == before["loss"]
+    assert after["baselines"] == before["baselines"] and after["closed_loop"]["search_target"] == 1.5
+    assert {name: (relaxing / name).read_bytes() for name in files} == files
+    assert [e["outcome"] for e in events if e["type"] == "relax"] == ["searching", "restored"]
+    last_final, last_verify = [e for e in events if e["type"] == "final"][-1], [e for e in events if e["type"] == "verify"][-1]
+    assert last_final["loss"] == before["loss"]["calibration"] and last_verify["measured"] == 1.8  # the kept model again
+    assert not (relaxing / "closed-loop-aside").exists()
+
+
+def test_without_relax_a_surplus_is_only_recorded(finished, monkeypatch):
+    before = read_result(finished)
+    after, events = verify_with(finished, monkeypatch, [1.8])
+    assert after["layers"] == before["layers"] and "relaxed" not in after["closed_loop"]
+    assert after["measured_speedup"] == 1.8 and not [e for e in events if e["type"] == "relax"]
+
+
+def test_the_report_says_whether_the_surplus_was_kept():
+    from engine.export.files import _closed_loop_lines
+
+    loop = {"rounds": [], "stopped": None, "promise_met": True,
+            "relaxed": {"search_target": 1.25, "predicted": 1.26, "measured": 1.55, "kept": True}}
+    assert _closed_loop_lines(loop)[0] == "- Closed loop spent the surplus: searched at 1.250x, predicted 1.260x, measured 1.550x: kept"

@@ -42,6 +42,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # the closed loop (engine.run.stages.verify): the measured speedup fell short, so the search
     # continues at a tighter target (search_target) from its best coefficients
     "tighten": ("round", "target", "measured", "search_target"),
+    # the closed loop spending a surplus (export.relax): outcome "searching" (measured: the surplus
+    # measurement), then "kept" or "restored" (measured: the relaxed model's measurement)
+    "relax": ("target", "measured", "search_target", "outcome"),
     "run_finished": ("status", "wall_seconds"),
     "error": ("message",),
     # `spdy finetune` (engine.recovery.finetune): phase started, prune, step, epoch, verify, done, interrupted

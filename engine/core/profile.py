@@ -188,6 +188,8 @@ class ExportConfig:
     verify: bool = option(True, "Re-measure the speedup end to end with sparse kernels.")
     tighten_rounds: int = option(3, "Closed loop: rounds of tightening the budget and continuing the search while the measured "
                                  "speedup falls short of the target (0: measure only).", min=0, max=20)
+    relax: bool = option(False, "Closed loop: when the measured speedup exceeds the target beyond the noise, search once more at the "
+                         "target lowered by the surplus and keep that model only if it still meets the target (spends speed on quality).")
     tighten_tolerance: float = option(0.02, "Closed loop: how far below the target a measurement may fall (relative) before the "
                                       "budget is tightened; half the measurement's relative IQR is added.", min=0.0, max=0.5)
     weights: bool = option(True, "Write pruned.safetensors.")

@@ -282,10 +282,15 @@ def _quality_line(result: Mapping) -> str:
 
 def _closed_loop_lines(loop: Mapping | None) -> list[str]:
     """The closed loop's rounds, one line each (none when it was not needed)."""
-    if not loop or (not loop.get("rounds") and not loop.get("stopped")):
+    if not loop or (not loop.get("rounds") and not loop.get("stopped") and not loop.get("relaxed")):
         return []
     lines = [f"- Closed loop round {entry['round']}: searched at {entry['search_target']:.3f}x, predicted "
              f"{entry['predicted']:.3f}x, measured {entry['measured']:.3f}x" for entry in loop.get("rounds", [])]
+    relaxed = loop.get("relaxed")
+    if relaxed and "measured" in relaxed:
+        lines.append(f"- Closed loop spent the surplus: searched at {relaxed['search_target']:.3f}x, predicted "
+                     f"{relaxed['predicted']:.3f}x, measured {relaxed['measured']:.3f}x: "
+                     + ("kept" if relaxed["kept"] else "short of the target, the faster model kept"))
     if loop.get("stopped"):
         lines.append(f"- Closed loop stopped: {loop['stopped']}")
     lines.append(f"- Promise met (measured within the tolerance of the target): {'yes' if loop.get('promise_met') else '**no**'}")

@@ -111,6 +111,7 @@ class RunState:
     final: dict | None = None  # the final model's calibration loss and held-out quality
     verify: dict | None = None
     tighten: list[dict] = field(default_factory=list)  # the closed loop's rounds (target tightened, search continued)
+    relax: list[dict] = field(default_factory=list)  # the closed loop spending a surplus (searching, then kept or restored)
     errors: list[str] = field(default_factory=list)
     finished: dict | None = None
     first_t: float | None = None
@@ -163,6 +164,8 @@ class RunState:
             self.verify = event
         elif kind == "tighten":
             self.tighten.append(event)
+        elif kind == "relax":
+            self.relax.append(event)
         elif kind == "error":
             self.errors.append(str(event.get("message")))
         elif kind == "run_finished":
@@ -286,3 +289,13 @@ def _sparsity(level: str) -> float | None:
         return level_sparsity(level)
     except ValueError:
         return None
+
+
+def relax_line(event: dict) -> str:
+    """What a viewer says about a ``relax`` event (the closed loop spending a measured surplus)."""
+    measured, target = event.get("measured", math.nan), event.get("target", math.nan)
+    searched = event.get("search_target", math.nan)
+    if event.get("outcome") == "searching":
+        return f"closed loop: measured {measured:.3f}x > target {target:g}x; searching at {searched:.3f}x to spend it on quality"
+    verdict = "kept" if event.get("outcome") == "kept" else f"short of {target:g}x, the faster model restored"
+    return f"closed loop: the model searched at {searched:.3f}x measured {measured:.3f}x: {verdict}"

@@ -20,16 +20,29 @@ fastest allocation was already searched for, the tighter target cannot be met by
 rounds run out, result.json says so with the numbers (``closed_loop``).  After a round, the
 baselines are computed again at the last round's target, so SPDY and they stay compared at the
 same predicted speedup.
+
+The loop also spends a surplus (``export.relax``): when no round tightened and the measured
+speedup exceeds the target beyond the noise,
+
+    m * (1 - tol) > X,
+
+the search runs once more at the target lowered by the surplus, X' = X_search * X / m (fewer or
+milder sparse layers: less loss), the final model is rebuilt and measured, and it is kept only if
+it still meets the target by the same test as above; otherwise the faster model, its search
+record and result are put back.  Either way a ``relax`` event and ``closed_loop.relaxed`` say so.
 """
 
 from __future__ import annotations
 
-from engine.export.result import allocation, read_result, update_result
+import shutil
+
+from engine.export.result import NAME as RESULT, allocation, read_result, update_result
 from engine.run import products
 from engine.run.context import RunContext
 from engine.run.stages import baselines
 from engine.run.stages.final import make_final
 from engine.run.stages.search import run_search
+from engine.search.budget import MIN_TARGET
 from engine.search.dp import InfeasibleTarget
 
 
@@ -53,9 +66,19 @@ def measure(ctx: RunContext, result: dict) -> dict:
     )
 
 
+def noise(outcome: dict, tolerance: float) -> float:
+    return tolerance + (outcome.get("dense_spread", 0.0) + outcome.get("sparse_spread", 0.0)) / 4
+
+
 def falls_short(outcome: dict, target: float, tolerance: float) -> bool:
-    noise = tolerance + (outcome.get("dense_spread", 0.0) + outcome.get("sparse_spread", 0.0)) / 4
-    return outcome["measured"] * (1 + noise) < target
+    return outcome["measured"] * (1 + noise(outcome, tolerance)) < target
+
+
+def exceeds(outcome: dict, target: float, tolerance: float) -> bool:
+    return outcome["measured"] * (1 - noise(outcome, tolerance)) > target
+
+
+SET_ASIDE = (products.SEARCH, products.FINAL, RESULT)  # what a relax round replaces, and puts back if it falls short
 
 
 def make(ctx: RunContext) -> None:
@@ -91,14 +114,59 @@ def make(ctx: RunContext) -> None:
     else:
         if export.tighten_rounds and falls_short(outcome, target, export.tighten_tolerance):
             stopped = f"still short after {export.tighten_rounds} rounds of tightening"
+    relaxed = None
+    if export.relax and not rounds and exceeds(outcome, target, export.tighten_tolerance):
+        relaxed, outcome = relax(ctx, target, search_target, outcome)
+        if relaxed.get("kept"):
+            search_target = relaxed["search_target"]
     met = not falls_short(outcome, target, export.tighten_tolerance)
     extra = {}
-    if rounds:  # the baselines at the same (tightened) target as SPDY's final allocation
-        baselines.make(ctx, rounds[-1]["search_target"])
+    if rounds or (relaxed or {}).get("kept"):  # the baselines at the same target as SPDY's final allocation
+        baselines.make(ctx, search_target)
         extra["baselines"] = ctx.baselines_record
     update_result(ctx.run_dir, measured_speedup=outcome["measured"], verify=outcome, closed_loop={
         "rounds": rounds, "search_target": search_target, "promise_met": met, "stopped": stopped,
+        **({"relaxed": relaxed} if relaxed else {}),
     }, **extra)
+
+
+def relax(ctx: RunContext, target: float, search_target: float, outcome: dict) -> tuple[dict, dict]:
+    """One round spending the measured surplus on quality (see the module docstring): the record for
+    ``closed_loop.relaxed`` and the outcome of the model the run keeps."""
+    measured, tolerance = outcome["measured"], ctx.profile.export.tighten_tolerance
+    relaxed_target = search_target * target / measured
+    if relaxed_target < MIN_TARGET:
+        return {"search_target": relaxed_target, "kept": False, "skipped": f"below {MIN_TARGET:g}x"}, outcome
+    ctx.log.emit("relax", target=target, measured=measured, search_target=relaxed_target, outcome="searching")
+    aside = ctx.run_dir / "closed-loop-aside"
+    aside.mkdir(exist_ok=True)
+    for name in SET_ASIDE:
+        shutil.copy2(ctx.run_dir / name, aside / name)
+    problem = ctx.problem(relaxed_target)
+    record = run_search(ctx, problem, start=ctx.search_record["coefficients"])
+    products.write_search(ctx.run_dir, record)
+    ctx.__dict__.pop("search_record", None)
+    ctx.__dict__.pop("final_model", None)
+    make_final(ctx, record, problem, {"search_target": relaxed_target})
+    result = read_result(ctx.run_dir)
+    candidate = measure(ctx, result)
+    ctx.log.emit("verify", **candidate)
+    kept = not falls_short(candidate, target, tolerance)
+    if not kept:  # the faster model, its search record and its result come back
+        for name in SET_ASIDE:
+            shutil.copy2(aside / name, ctx.run_dir / name)
+        ctx.__dict__.pop("search_record", None)
+        ctx.__dict__.pop("final_model", None)
+        restored = read_result(ctx.run_dir)  # the log's last final and verify events describe the kept model again
+        ctx.log.emit("final", loss=restored["loss"]["calibration"], heldout=restored["loss"]["heldout"],
+                     quality=restored.get("quality"))
+        ctx.log.emit("verify", **outcome)
+    shutil.rmtree(aside)
+    ctx.log.emit("relax", target=target, measured=candidate["measured"], search_target=relaxed_target,
+                 outcome="kept" if kept else "restored")
+    record = {"search_target": relaxed_target, "measured": candidate["measured"], "predicted": result["predicted_speedup"],
+              "kept": kept}
+    return record, (candidate if kept else outcome)
 
 
 def remeasure(ctx: RunContext) -> dict:

@@ -170,3 +170,12 @@ def test_the_lowered_target_scales_the_time_saved():
     assert 1.37 < lowered < 1.38
     assert verify_stage.lowered_target(1.5, 1.5, 1.5, 0.0) == pytest.approx(1.5)  # no surplus: no change
     assert verify_stage.lowered_target(1.5, 1.0, 1.6, 0.0) != verify_stage.lowered_target(1.5, 1.0, 1.6, 0.0)  # NaN
+
+
+def test_no_room_below_the_searched_target_is_recorded_without_a_search(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(profile=SimpleNamespace(export=SimpleNamespace(tighten_tolerance=0.02)))
+    before = outcome(1.8, 1.0)
+    record, kept = verify_stage.relax(ctx, 1.5, 1.0, before)  # a search target of 1x predicted no time saved
+    assert record == {"search_target": None, "kept": False, "skipped": "no room below the searched target"} and kept is before

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import shutil
 
-from engine.export.result import NAME as RESULT, allocation, read_result, update_result
+from engine.export.result import NAME as RESULT, allocation, finite, read_result, update_result
 from engine.run import products
 from engine.run.context import RunContext
 from engine.run.stages import baselines
@@ -151,8 +151,8 @@ def relax(ctx: RunContext, target: float, search_target: float, outcome: dict) -
     ``closed_loop.relaxed`` and the outcome of the model the run keeps."""
     measured, tolerance = outcome["measured"], ctx.profile.export.tighten_tolerance
     relaxed_target = lowered_target(target, search_target, measured, noise(outcome, tolerance))
-    if not MIN_TARGET <= relaxed_target < search_target:
-        return {"search_target": relaxed_target, "kept": False, "skipped": "no room below the searched target"}, outcome
+    if not MIN_TARGET <= relaxed_target < search_target:  # (NaN fails too)
+        return {"search_target": finite(relaxed_target), "kept": False, "skipped": "no room below the searched target"}, outcome
     ctx.log.emit("relax", target=target, measured=measured, search_target=relaxed_target, outcome="searching")
     aside = ctx.run_dir / "closed-loop-aside"
     aside.mkdir(exist_ok=True)

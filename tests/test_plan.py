@@ -147,3 +147,10 @@ def test_the_run_fails_on_a_skip_glob_before_any_timing(tmp_path):
     events = list(read_events(tmp_path / "run" / "events.jsonl"))
     assert not any(event["type"] == "timing" for event in events) and not (tmp_path / "run" / "timings.json").exists()
     assert json.loads(json.dumps(events[-1]))["status"] == "failed"
+
+
+def test_relax_adds_one_more_search_final_and_measurement_to_the_verify_estimate(tmp_path):
+    plain = plan_run(write(tmp_path, "[export]\nrelax = false\n", "plain.toml")).estimated_seconds
+    relaxing = plan_run(write(tmp_path, "[export]\nrelax = true\n", "relax.toml")).estimated_seconds
+    assert relaxing["verify"] == pytest.approx(plain["search"] + plain["final"] + 2 * plain["verify"], abs=0.2)
+    assert {stage: s for stage, s in relaxing.items() if stage != "verify"} == {stage: s for stage, s in plain.items() if stage != "verify"}

@@ -269,7 +269,8 @@ def estimate_seconds(
       searchable layers)), each a calibration pass plus a DP solve, divided by search.workers;
     * baselines: each baseline scored on the calibration and held-out samples;
     * final: a held-out pass, plus 3 calibration passes (forward and backward) per gap pass;
-    * verify: (warmup + repeats) x (dense + sparse model) on the hardware batch;
+    * verify: (warmup + repeats) x (dense + sparse model) on the hardware batch; with export.relax,
+      one more search, final and measurement (the round that spends a surplus, when there is one);
     * export: writing the weights (200 MB/s) and a few files.
     """
     hardware, search, data, database = profile.hardware, profile.search, profile.data, profile.database
@@ -301,6 +302,8 @@ def estimate_seconds(
     baselines = len(search.baselines) * (evaluation + model_pass(data.heldout_samples))
     final = model_pass(data.heldout_samples) + (profile.export.gap_passes * 3 * model_pass(reconstruction) if profile.export.gap else 0.0)
     verify = rounds * 2 * model_pass(hardware.batch_size) if profile.export.verify else 0.0
+    if profile.export.verify and profile.export.relax:
+        verify += search_seconds + final + verify
     export = 2.0 + (4 * sum(layer.numel for layer in layers) / 200e6 if profile.export.weights else 0.0)
     values = (timings, database_seconds, search_seconds, baselines, final, verify, export)
     return {stage: round(float(value), 1) for stage, value in zip(ORDER, values)}

@@ -19,12 +19,17 @@ def outcome(measured: float, predicted: float) -> dict:
             "dense_spread": 0.0, "sparse_spread": 0.0, "dense_baseline": "torch", "max_abs_difference": 0.0}
 
 
-@pytest.fixture
-def finished(tmp_path):
+def finished_run(tmp_path, export: str):
+    """A finished digits run at 1.5x with the [export] keys ``export`` (verify off: the tests measure)."""
     out = tmp_path / "run"
-    result = run_cli("run", write_profile(tmp_path, target=1.5, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out, "--json")
+    result = run_cli("run", write_profile(tmp_path, target=1.5, extra=MAGNITUDE_DATABASE, export=export), "--out", out, "--json")
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def finished(tmp_path):
+    return finished_run(tmp_path, NO_VERIFY)
 
 
 def test_a_short_measurement_tightens_the_target_by_the_shortfall_and_searches_on(finished, monkeypatch):
@@ -98,10 +103,7 @@ RELAX = NO_VERIFY + "\nrelax = true"
 
 @pytest.fixture
 def relaxing(tmp_path):
-    out = tmp_path / "run"
-    result = run_cli("run", write_profile(tmp_path, target=1.5, extra=MAGNITUDE_DATABASE, export=RELAX), "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    return out
+    return finished_run(tmp_path, RELAX)
 
 
 def verify_with(run_dir, monkeypatch, measurements):

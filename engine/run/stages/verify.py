@@ -108,13 +108,7 @@ def make(ctx: RunContext) -> None:
         except InfeasibleTarget as exc:
             stopped = f"the table cannot meet the tightened target {search_target:.4f}x: {exc}"
             break
-        products.write_search(ctx.run_dir, record)
-        ctx.__dict__.pop("search_record", None)
-        ctx.__dict__.pop("final_model", None)
-        make_final(ctx, record, problem, {"search_target": search_target})
-        result = read_result(ctx.run_dir)
-        outcome = measure(ctx, result)
-        ctx.log.emit("verify", **outcome)
+        result, outcome = rebuild(ctx, problem, record, search_target)
         rounds.append({"round": round_number, "search_target": search_target, "measured": outcome["measured"],
                        "predicted": result["predicted_speedup"]})
     else:
@@ -134,6 +128,24 @@ def make(ctx: RunContext) -> None:
         "rounds": rounds, "search_target": search_target, "promise_met": met, "stopped": stopped,
         **({"relaxed": relaxed} if relaxed else {}),
     }, **extra)
+
+
+def forget_products(ctx: RunContext) -> None:
+    """Drop the context's cached search record and final model: the files on disk changed."""
+    ctx.__dict__.pop("search_record", None)
+    ctx.__dict__.pop("final_model", None)
+
+
+def rebuild(ctx: RunContext, problem, record: dict, search_target: float) -> tuple[dict, dict]:
+    """A closed-loop round's new search record written, the final model rebuilt on it and measured:
+    the new result and its ``verify`` outcome (logged)."""
+    products.write_search(ctx.run_dir, record)
+    forget_products(ctx)
+    make_final(ctx, record, problem, {"search_target": search_target})
+    result = read_result(ctx.run_dir)
+    outcome = measure(ctx, result)
+    ctx.log.emit("verify", **outcome)
+    return result, outcome
 
 
 def lowered_target(target: float, search_target: float, measured: float, margin: float) -> float:
@@ -160,19 +172,12 @@ def relax(ctx: RunContext, target: float, search_target: float, outcome: dict) -
         shutil.copy2(ctx.run_dir / name, aside / name)
     problem = ctx.problem(relaxed_target)
     record = run_search(ctx, problem, start=ctx.search_record["coefficients"])
-    products.write_search(ctx.run_dir, record)
-    ctx.__dict__.pop("search_record", None)
-    ctx.__dict__.pop("final_model", None)
-    make_final(ctx, record, problem, {"search_target": relaxed_target})
-    result = read_result(ctx.run_dir)
-    candidate = measure(ctx, result)
-    ctx.log.emit("verify", **candidate)
+    result, candidate = rebuild(ctx, problem, record, relaxed_target)
     kept = not falls_short(candidate, target, tolerance)
     if not kept:  # the faster model, its search record and its result come back
         for name in SET_ASIDE:
             shutil.copy2(aside / name, ctx.run_dir / name)
-        ctx.__dict__.pop("search_record", None)
-        ctx.__dict__.pop("final_model", None)
+        forget_products(ctx)
         restored = read_result(ctx.run_dir)  # the log's last final and verify events describe the kept model again
         ctx.log.emit("final", loss=restored["loss"]["calibration"], heldout=restored["loss"]["heldout"],
                      quality=restored.get("quality"))

@@ -22,8 +22,8 @@ MiniLM shapes, within the noise.
 
 Tiles.  The tokens are cut into tiles of ``TILE_TOKENS`` = 64, copied into a contiguous
 feature-major buffer: ``nn.Linear`` hands over token-major X, so the token-major kernel transposes
-the tile (in 16 x 16 blocks) and at the end writes each chunk of ``ROW_CHUNK`` output rows back
-transposed; the feature-major kernel (convolutions over im2col columns) copies the tile as is and
+the tile and at the end writes each chunk of ``ROW_CHUNK`` output rows back transposed, both in
+16 x 16 register blocks (``engine.runtime.transpose``); the feature-major kernel (convolutions over im2col columns) copies the tile as is and
 writes rows.  While a row is computed its accumulators (64 floats, four AVX-512 registers) live
 in a stack array inside ``_panel_rows``, compiled on its own so LLVM can prove they alias nothing
 and keeps them in registers for the whole row (1.3x over accumulating in a heap array; one call
@@ -37,7 +37,9 @@ earlier trial of aligned buffers saw "no gain" because it happened to be measure
 
 Tried and dropped: tiles of 32 tokens (1.2-1.6x slower); tiles of 128 (0.88-1.2x: better on
 small layers, worse on 768x3072 at 80-95%); 8 non-zeros per pass, two rows interleaved (no gain);
-unsigned indices (3%, not worth the casts).
+two accumulator sets per row (no gain); tile rows addressed by pre-shifted offsets into a flat
+tile (1.5x slower: LLVM no longer keeps the four row loads as FMA operands).  Unsigned positions
+(kernel version 4) are kept: see ``_panel_rows``.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
+from engine.runtime.transpose import transpose_into
+
 TILE_TOKENS = 64  # tokens per tile: four AVX-512 registers of accumulators per output row
 ROW_CHUNK = 512  # output rows computed per tile before writing out (512 x 64 floats = 128 KiB)
 NONZEROS_PER_PANEL_ROW = 20  # panel sizing: aim at this many non-zeros of a row per panel ...
 MIN_PANEL_WIDTH = 128  # ... in panels at least this wide (128 features x 64 tokens = 32 KiB, L1)
 # Bumped whenever a change alters the kernels' speed: cached timing tables measured with an
 # older version are then measured again (it is part of the CPU timing fingerprint).
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -146,27 +150,36 @@ def _aligned_empty(rows, cols):
 @njit(fastmath=True, cache=True)
 def _panel_rows(indptr, indices, values, bias, first_panel, row_start, xt, block):
     """block[i, t] += sum_j values[j] * xt[indices[j], t] over row row_start + i's non-zeros j in
-    this panel (``indptr``), starting from the bias on the first panel; all rows of the block."""
+    this panel (``indptr``), starting from the bias on the first panel; all rows of the block.
+
+    The positions j and the feature numbers are unsigned (``np.uint64``): with signed integers
+    Numba wraps every negative index around, two compares and selects per array read, which in
+    the inner loop cost more instructions than the 16 FMAs they feed (measured 1.06-1.18x faster
+    unsigned, MiniLM shapes at 67-90%, one thread)."""
     acc = _stack_vector(TILE_TOKENS)
+    one, two, three, four = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
     for i in range(block.shape[0]):
         row = row_start + i
         out_row = block[i]
         for t in range(TILE_TOKENS):
             acc[t] = bias[row] if first_panel else out_row[t]
-        j = indptr[row]
-        end = indptr[row + 1]
-        while j + 4 <= end:
-            v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
-            x0, x1, x2, x3 = xt[indices[j]], xt[indices[j + 1]], xt[indices[j + 2]], xt[indices[j + 3]]
+        j = np.uint64(indptr[row])
+        end = np.uint64(indptr[row + 1])
+        while j + four <= end:
+            v0, v1, v2, v3 = values[j], values[j + one], values[j + two], values[j + three]
+            x0 = xt[np.uint64(indices[j])]
+            x1 = xt[np.uint64(indices[j + one])]
+            x2 = xt[np.uint64(indices[j + two])]
+            x3 = xt[np.uint64(indices[j + three])]
             for t in range(TILE_TOKENS):
                 acc[t] += v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
-            j += 4
+            j += four
         while j < end:
             v0 = values[j]
-            x0 = xt[indices[j]]
+            x0 = xt[np.uint64(indices[j])]
             for t in range(TILE_TOKENS):
                 acc[t] += v0 * x0[t]
-            j += 1
+            j += one
         for t in range(TILE_TOKENS):
             out_row[t] = acc[t]
 
@@ -180,28 +193,16 @@ def _compute_block(indptr, indices, values, bias, xt, row_start, block):
 
 @njit(fastmath=True, cache=True)
 def _transpose_tile(x, t0, width, xt):
-    """xt[k, t] = x[t0 + t, k] for t < width, in 16 x 16 blocks written along rows of xt."""
-    features = x.shape[1]
+    """xt[k, t] = x[t0 + t, k] for t < width (``engine.runtime.transpose``); zeros past width."""
     if width < TILE_TOKENS:  # last, partial tile: keep the unused lanes finite
         xt[:, width:] = 0.0
-    for k0 in range(0, features, 16):
-        for s0 in range(0, width, 16):
-            for k in range(k0, min(k0 + 16, features)):
-                row = xt[k]
-                for t in range(s0, min(s0 + 16, width)):
-                    row[t] = x[t0 + t, k]
+    transpose_into(x[t0 : t0 + width], xt[:, :width])
 
 
 @njit(fastmath=True, cache=True)
 def _write_transposed(block, out):
-    """out[t, i] = block[i, t]: contiguous stores along each token's outputs.
-
-    (Blocking this by 16 rows measured 10-20% slower; storing along block rows ~10x slower.)
-    """
-    for t in range(out.shape[0]):
-        row = out[t]
-        for i in range(block.shape[0]):
-            row[i] = block[i, t]
+    """out[t, i] = block[i, t]: the tile's results back in token-major order."""
+    transpose_into(block[:, : out.shape[0]], out)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

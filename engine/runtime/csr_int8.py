@@ -45,8 +45,9 @@ from torch import nn
 
 from engine.runtime.csr import ROW_CHUNK, TILE_TOKENS, CSRWeight, _compute_block, _work_split
 from engine.runtime.int8 import QMAX, quantize_activations, quantize_weight
+from engine.runtime.transpose import transpose_into
 
-INT8_KERNEL_VERSION = 1  # bump when a change alters the kernel's speed (timing fingerprints)
+INT8_KERNEL_VERSION = 2  # bump when a change alters the kernel's speed (timing fingerprints)
 FLOAT_EXACT_BOUND = 2**24  # float32 holds every integer up to this magnitude exactly
 
 
@@ -153,30 +154,27 @@ def _panel_rows(indptr, indices, values, first_panel, row_start, xt, block):
 
 @njit(fastmath=True, cache=True)
 def _transpose_tile(x, t0, width, xt):
-    """xt[k, t] = x[t0 + t, k] (int8 -> int16) for t < width, in 16 x 16 blocks; zeros past width."""
-    features = x.shape[1]
+    """xt[k, t] = x[t0 + t, k] (int8 -> int16 or float32) for t < width; zeros past width."""
     if width < TILE_TOKENS:
         xt[:, width:] = 0
-    for k0 in range(0, features, 16):
-        for s0 in range(0, width, 16):
-            for k in range(k0, min(k0 + 16, features)):
-                row = xt[k]
-                for t in range(s0, min(s0 + 16, width)):
-                    row[t] = x[t0 + t, k]
+    transpose_into(x[t0 : t0 + width], xt[:, :width])
 
 
 @njit(cache=True)
 def _write_scaled(block, act_scale, weight_scale, bias, r0, out):
     """out[t, i] = (float32(block[i, t]) * act_scale[t]) * weight_scale[r0 + i] + bias[r0 + i].
 
-    The bias is added in a second pass over the row: in one expression LLVM contracts the last
-    multiply and the add into an FMA (even without fastmath), one rounding fewer than the reference."""
+    The int32 sums are first transposed into ``out`` as float32 (``engine.runtime.transpose``), then
+    scaled in place; the bias is added in a second pass over the row: in one expression LLVM
+    contracts the last multiply and the add into an FMA (even without fastmath), one rounding fewer
+    than the reference."""
     n_rows = block.shape[0]
+    transpose_into(block[:, : out.shape[0]], out)
     for t in range(out.shape[0]):
         row = out[t]
         s = act_scale[t]
         for i in range(n_rows):
-            row[i] = np.float32(block[i, t]) * s * weight_scale[r0 + i]
+            row[i] = row[i] * s * weight_scale[r0 + i]
         for i in range(n_rows):
             row[i] += bias[r0 + i]
 

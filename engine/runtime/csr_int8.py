@@ -125,29 +125,35 @@ def _aligned_empty(rows, cols, dtype):
 @njit(fastmath=True, cache=True)
 def _panel_rows(indptr, indices, values, first_panel, row_start, xt, block):
     """block[i, t] += sum_j values[j] * xt[indices[j], t] (int32) over row row_start + i's non-zeros
-    in this panel, starting from zero on the first panel."""
+    in this panel, starting from zero on the first panel.  Positions unsigned, as in the float
+    kernel (``csr._panel_rows``): no index wraparound in the inner loop."""
     acc = _stack_int32(TILE_TOKENS)
+    one, two, three, four = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
     for i in range(block.shape[0]):
         row = row_start + i
         out_row = block[i]
         for t in range(TILE_TOKENS):
             acc[t] = 0 if first_panel else out_row[t]
-        j = indptr[row]
-        end = indptr[row + 1]
-        while j + 4 <= end:
-            v0, v1, v2, v3 = np.int16(values[j]), np.int16(values[j + 1]), np.int16(values[j + 2]), np.int16(values[j + 3])
-            x0, x1, x2, x3 = xt[indices[j]], xt[indices[j + 1]], xt[indices[j + 2]], xt[indices[j + 3]]
+        j = np.uint64(indptr[row])
+        end = np.uint64(indptr[row + 1])
+        while j + four <= end:
+            v0, v1 = np.int16(values[j]), np.int16(values[j + one])
+            v2, v3 = np.int16(values[j + two]), np.int16(values[j + three])
+            x0 = xt[np.uint64(indices[j])]
+            x1 = xt[np.uint64(indices[j + one])]
+            x2 = xt[np.uint64(indices[j + two])]
+            x3 = xt[np.uint64(indices[j + three])]
             for t in range(TILE_TOKENS):
                 low = np.int16(v0 * x0[t] + v1 * x1[t])
                 high = np.int16(v2 * x2[t] + v3 * x3[t])
                 acc[t] += np.int32(low) + np.int32(high)
-            j += 4
+            j += four
         while j < end:
             v0 = np.int16(values[j])
-            x0 = xt[indices[j]]
+            x0 = xt[np.uint64(indices[j])]
             for t in range(TILE_TOKENS):
                 acc[t] += np.int32(np.int16(v0 * x0[t]))
-            j += 1
+            j += one
         for t in range(TILE_TOKENS):
             out_row[t] = acc[t]
 

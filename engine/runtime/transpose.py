@@ -96,6 +96,8 @@ def transpose_into(src, dst):
     """dst[b, a] = src[a, b] for src (m, n) and dst (n, m), converting to dst's element type;
     register blocks where both last dimensions are contiguous, plain loops for the edges."""
     m, n = src.shape
+    if dst.shape[0] != n or dst.shape[1] != m:
+        raise ValueError("transpose_into: dst must have the transposed shape of src")
     if src.strides[1] != src.itemsize or dst.strides[1] != dst.itemsize:
         full_m, full_n = 0, 0
     else:

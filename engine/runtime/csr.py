@@ -23,13 +23,13 @@ MiniLM shapes, within the noise.
 Tiles.  The tokens are cut into tiles of ``TILE_TOKENS`` = 64, copied into a contiguous
 feature-major buffer: ``nn.Linear`` hands over token-major X, so the token-major kernel transposes
 the tile and at the end writes each chunk of ``ROW_CHUNK`` output rows back transposed, both in
-16 x 16 register blocks (``engine.runtime.transpose``); the feature-major kernel (convolutions over im2col columns) copies the tile as is and
-writes rows.  While a row is computed its accumulators (64 floats, four AVX-512 registers) live
-in a stack array inside ``_panel_rows``, compiled on its own so LLVM can prove they alias nothing
-and keeps them in registers for the whole row (1.3x over accumulating in a heap array; one call
-per panel and row chunk, not per row, another 1.1x).  Work items (tile, row range) are shared out
-statically over ``numba.get_num_threads()`` workers; rows are split too when there are fewer
-tiles than threads.
+16 x 16 register blocks (``engine.runtime.transpose``); the feature-major kernel (convolutions
+over im2col columns) copies the tile as is and writes rows.  While a row is computed its
+accumulators (64 floats, four AVX-512 registers) live in a stack array inside ``_panel_rows``,
+compiled on its own so LLVM can prove they alias nothing and keeps them in registers for the
+whole row (1.3x over accumulating in a heap array; one call per panel and row chunk, not per row,
+another 1.1x).  Work items (tile, row range) are shared out statically over
+``numba.get_num_threads()`` workers; rows are split too when there are fewer tiles than threads.
 
 The tile and block buffers are 64-byte aligned (``_aligned_empty``): with NumPy's 16-byte
 alignment a call ran 1.1-1.3x slower whenever the allocator placed them off a cache line (an

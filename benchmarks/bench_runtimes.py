@@ -241,6 +241,11 @@ def quartiles(samples: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
+def _runtime(name: str) -> str:
+    """The runtime a worker builds: ``sparse-compile@old`` builds ``sparse-compile``."""
+    return name.split("@")[0]
+
+
 def _worker_dir(workdir: Path, name: str) -> Path:
     """Where a worker keeps its files: a checkout's worker (``name@checkout``) has its own folder."""
     return workdir / f"checkout-{name.split('@')[1]}" if "@" in name else workdir
@@ -250,7 +255,7 @@ def cosines(workdir: Path, names: list[str]) -> dict[str, tuple[float | None, fl
     """(mean cosine to torch-eager dense, mean cosine to the runtime's own eager model) per runtime."""
     import numpy as np
 
-    outputs = {name: np.load(_worker_dir(workdir, name) / f"out-{name.split('@')[0]}.npy") for name in names}
+    outputs = {name: np.load(_worker_dir(workdir, name) / f"out-{_runtime(name)}.npy") for name in names}
 
     def mean_cosine(a, b) -> float:
         return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
@@ -258,7 +263,7 @@ def cosines(workdir: Path, names: list[str]) -> dict[str, tuple[float | None, fl
     result = {}
     for name in names:
         dense = mean_cosine(outputs[name], outputs["torch-eager"]) if "torch-eager" in outputs else None
-        own = OWN_EAGER[name.split("@")[0]]
+        own = OWN_EAGER[_runtime(name)]
         result[name] = (dense, mean_cosine(outputs[name], outputs[own]) if own in outputs else None)
     return result
 
@@ -310,7 +315,7 @@ def coordinator(args) -> None:
             started = time.perf_counter()
             command = [sys.executable, str(scripts[name]), *settings, "--workdir", str(_worker_dir(workdir, name))]
             workers[name] = subprocess.Popen(
-                [*command, "--worker", name.split("@")[0]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env,
+                [*command, "--worker", _runtime(name)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env,
             )
             setup[name] = json.loads(read_reply(workers[name], "READY"))
             print(f"# {name}: ready in {time.perf_counter() - started:.1f} s {json.dumps(setup[name])}", flush=True)

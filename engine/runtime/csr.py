@@ -193,9 +193,10 @@ def _compute_block(indptr, indices, values, bias, xt, row_start, block):
 
 @njit(fastmath=True, cache=True)
 def _transpose_tile(x, t0, width, xt):
-    """xt[k, t] = x[t0 + t, k] for t < width (``engine.runtime.transpose``); zeros past width."""
+    """xt[k, t] = x[t0 + t, k] for t < width (``engine.runtime.transpose``, converting to xt's
+    type: the int8 kernel's int8 -> int16 or float32 too); zeros past width."""
     if width < TILE_TOKENS:  # last, partial tile: keep the unused lanes finite
-        xt[:, width:] = 0.0
+        xt[:, width:] = 0
     transpose_into(x[t0 : t0 + width], xt[:, :width])
 
 

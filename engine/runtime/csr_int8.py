@@ -43,7 +43,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 from torch import nn
 
-from engine.runtime.csr import ROW_CHUNK, TILE_TOKENS, CSRWeight, _compute_block, _work_split
+from engine.runtime.csr import ROW_CHUNK, TILE_TOKENS, CSRWeight, _compute_block, _transpose_tile, _work_split
 from engine.runtime.int8 import QMAX, quantize_activations, quantize_weight
 from engine.runtime.transpose import transpose_into
 
@@ -156,14 +156,6 @@ def _panel_rows(indptr, indices, values, first_panel, row_start, xt, block):
             j += one
         for t in range(TILE_TOKENS):
             out_row[t] = acc[t]
-
-
-@njit(fastmath=True, cache=True)
-def _transpose_tile(x, t0, width, xt):
-    """xt[k, t] = x[t0 + t, k] (int8 -> int16 or float32) for t < width; zeros past width."""
-    if width < TILE_TOKENS:
-        xt[:, width:] = 0
-    transpose_into(x[t0 : t0 + width], xt[:, :width])
 
 
 @njit(cache=True)

@@ -17,7 +17,8 @@ and y_i the label.  Training data: the digits ``train`` split (data.source "digi
 corpus without the held-out samples (text sources: any training sentence whose tokens equal a
 held-out sample's is dropped), or ``--data FILE``: a text file (one sample per line, text models)
 or a tensor file (.safetensors / .pt / .npy: ``inputs`` or the model's keyword inputs, optional
-``labels``).  Batches are drawn in an order seeded by (run.seed, epoch), and dropout is seeded the
+``labels``).  Batches are drawn in an order seeded by (run.seed, epoch) (sentences of about one length
+together, ``training_data.epoch_batches``, unless ``--no-group-by-length``), and dropout is seeded the
 same way, so an epoch re-run after a resume is the epoch an uninterrupted run would have run.
 
 Products, in ``RUN_DIR/finetune/`` (``finetune-<name>/`` for a baseline's allocation):
@@ -57,7 +58,7 @@ from engine.recovery import hidden
 from engine.recovery.settings import (
     DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, autocast, check_precision, learning_rate, resolve, schedule_of,
 )
-from engine.recovery.training_data import heldout, model_outputs, teacher_outputs, training_set
+from engine.recovery.training_data import epoch_batches, heldout, model_outputs, teacher_outputs, training_set
 
 @dataclass
 class Finetune:
@@ -286,12 +287,12 @@ def _train_and_export(ft: Finetune) -> dict:
             log.emit("finetune", phase="prune", epoch=epoch, epochs=epochs, sparsity=sparsities,
                      pruned=masks.pruned_counts())
         seed = epoch_seed(run.profile.run.seed, epoch)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        batches = epoch_batches(train, batch_size, seed, bool(settings["group_by_length"]))
         total = 0.0
         student.train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout, if the model has any
-            for step, index in enumerate(order.split(batch_size), start=1):
+            for step, index in enumerate(batches, start=1):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)
                 inputs = train.batch(index)
@@ -367,6 +368,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
                      "hidden_weight": ft.settings["hidden_weight"],
                      "precision": ft.settings["precision"], "batch_size": ft.settings["batch_size"],
+                     "group_by_length": ft.settings["group_by_length"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,

@@ -44,6 +44,7 @@ class Options:
     hidden_weight: float | None = None  # lambda of engine.recovery.hidden (0: the output loss alone)
     lr_decay: str | None = None  # constant | cosine (over all steps of the fine-tuning)
     precision: str | None = None  # fp32 | bf16 (autocast of the forward passes)
+    group_by_length: bool | None = None  # batches of sentences of about one length (training_data.epoch_batches)
     threads: int | None = None  # not part of what the result means: may change on resume
 
 
@@ -54,7 +55,8 @@ def defaults(profile) -> dict:
         "allocation": "spdy", "start": "one-shot", "epochs": DEFAULT.num_epochs, "pruning_end": None,
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
         "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
-        "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", "threads": profile.hardware.threads,
+        "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", "group_by_length": True,
+        "threads": profile.hardware.threads,
     }
 
 
@@ -64,8 +66,10 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     Resuming with a given option that differs from the stored one is refused."""
     chosen_defaults = defaults(profile)
     if stored is not None:
-        # fine-tunings from before --start, --hidden-weight, --lr-decay and --precision existed: what they ran
-        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", **stored}
+        # fine-tunings from before --start, --hidden-weight, --lr-decay, --precision and --group-by-length
+        # existed: what they ran
+        stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32",
+                  "group_by_length": False, **stored}
     settings, differ = {}, []
     for field in fields(Options):
         given = getattr(options, field.name)

@@ -32,6 +32,9 @@ from engine.model.losses import heldout_metrics
 from engine.core.errors import RunError
 
 
+LENGTH_GROUP = 64  # batches per length-sorted group of ``epoch_batches``
+
+
 @dataclass
 class TrainingSet:
     inputs: torch.Tensor | dict[str, torch.Tensor]  # first dimension = samples
@@ -45,6 +48,12 @@ class TrainingSet:
         inputs = {k: v[index] for k, v in self.inputs.items()} if isinstance(self.inputs, dict) else self.inputs[index]
         return TrainingSet(inputs, None if self.labels is None else self.labels[index])
 
+    def lengths(self) -> torch.Tensor | None:
+        """Each sample's number of real tokens (token inputs with an attention mask), else None."""
+        if isinstance(self.inputs, dict) and "attention_mask" in self.inputs:
+            return self.inputs["attention_mask"].sum(dim=1)
+        return None
+
     def batch(self, index: torch.Tensor):
         """The inputs of samples ``index``; token inputs cut to the batch's longest sample."""
         chunk = self.subset(index).inputs
@@ -52,6 +61,26 @@ class TrainingSet:
             longest = max(int(chunk["attention_mask"].sum(dim=1).max()), 1)
             chunk = {key: value[:, :longest].contiguous() for key, value in chunk.items()}
         return chunk
+
+
+def epoch_batches(train: TrainingSet, batch_size: int, seed: int, by_length: bool) -> list[torch.Tensor]:
+    """One epoch's batches of sample indices, drawn from ``seed`` alone.
+
+    A random permutation cut into batches of ``batch_size``; with ``by_length`` (token inputs only) the
+    permutation is first cut into groups of LENGTH_GROUP batches, each group sorted by sentence length
+    (ties in permutation order) and cut into batches, and the batches are shuffled.  Each batch is then
+    cut to about its own sentences' length instead of the longest of a random draw (docstrings: 22
+    tokens per sentence, 55 per random batch of 32, 22.5 per grouped one).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train), generator=generator)
+    lengths = train.lengths() if by_length else None
+    if lengths is None:
+        return list(order.split(batch_size))
+    batches = []
+    for group in order.split(batch_size * LENGTH_GROUP):
+        batches += group[torch.sort(lengths[group], stable=True).indices].split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
 def _heldout_token_rows(data) -> set[tuple[int, ...]]:
@@ -128,8 +157,11 @@ def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> 
                 return teacher
         except (*TENSOR_FILE_ERRORS, KeyError):
             pass  # a damaged file is recomputed, never trusted
-    index = torch.arange(len(train))
-    teacher = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in index.split(batch_size)))
+    lengths = train.lengths()  # in length order each batch is cut short; the outputs go back to sample order
+    index = torch.arange(len(train)) if lengths is None else torch.sort(lengths, stable=True).indices
+    outputs = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in index.split(batch_size)))
+    teacher = torch.empty_like(outputs)
+    teacher[index] = outputs
     atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
     return teacher
 

@@ -132,3 +132,36 @@ def test_precision_setting_autocast_and_bf16_states_compared_in_fp32(tmp_path):
     # the relative error of bf16 states is computed in fp32: 1 - 0.5 against 1 is 0.25 exactly
     loss = hidden.hidden_loss([torch.full((1, 2, 4), 0.5, dtype=torch.bfloat16)], [torch.ones(1, 2, 4, dtype=torch.bfloat16)])
     assert loss.dtype == torch.float32 and loss.item() == 0.25
+
+
+def test_dense_states_are_each_samples_block_outputs_padded_with_zeros(monkeypatch):
+    from contextlib import nullcontext
+
+    from engine.recovery.training_data import TrainingSet
+
+    torch.manual_seed(0)
+    model = Tiny()
+    lengths = [3, 1, 5, 2, 4]
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    train = TrainingSet({"x": torch.randn(5, 5, 4), "attention_mask": mask}, None)
+
+    class Loaded:
+        pass
+
+    Loaded.model = model
+    Loaded.run_model = staticmethod(lambda module, inputs: module(inputs["x"]))
+    blocks = ["layers.0", "layers.2"]
+    cached = hidden.DenseStates.compute(Loaded, train, blocks, 2, nullcontext)
+    assert [rows.shape for rows in cached.rows] == [(15, 4), (15, 4)]  # real tokens only
+    index = torch.tensor([4, 1])
+    states = cached.batch(index, 4)
+    with hidden.recording(model, blocks) as direct, torch.no_grad():
+        model(train.inputs["x"][index, :4])
+    for got, want in zip(states, direct):
+        assert got.shape == (2, 4, 4)
+        assert torch.allclose(got[0], want[0], atol=1e-6)  # sample 4: 4 real tokens
+        assert torch.allclose(got[1, :1], want[1, :1], atol=1e-6) and not got[1, 1:].any()  # sample 1: one
+    # too large to keep, or inputs without token lengths: computed every step instead
+    monkeypatch.setattr(hidden, "MAX_CACHED_BYTES", 15 * 2 * 4 * 4 - 1)
+    assert hidden.DenseStates.compute(Loaded, train, blocks, 2, nullcontext) is None
+    assert hidden.DenseStates.compute(Loaded, TrainingSet(torch.randn(5, 4), None), blocks, 2, nullcontext) is None

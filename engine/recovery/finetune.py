@@ -190,15 +190,18 @@ def as_fp32(output):
     return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
 
-def batch_loss(loaded, student, inputs, target, labels, loss_fn, settings: dict, blocks: list[str]) -> torch.Tensor:
+def batch_loss(loaded, student, inputs, target, labels, loss_fn, settings: dict, blocks: list[str],
+               dense_states: list[torch.Tensor] | None = None) -> torch.Tensor:
     """One batch's training loss, L_out + lambda * the block outputs' loss (``engine.recovery.hidden``,
-    with ``blocks``), the forward passes in ``settings["precision"]`` and the losses in fp32."""
+    with ``blocks``), the forward passes in ``settings["precision"]`` and the losses in fp32.  The dense
+    block outputs are ``dense_states`` (``hidden.DenseStates.batch``) when given, else computed here."""
     with hidden.recording(student, blocks) as student_states, autocast(settings):
         output = as_fp32(loaded.run_model(student, inputs))
     loss = loss_fn(output, target, labels)
     if blocks:
-        with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
-            loaded.run_model(loaded.model, inputs)
+        if dense_states is None:
+            with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
+                loaded.run_model(loaded.model, inputs)
         mask = hidden.token_mask(inputs, dense_states)
         loss = loss + float(settings["hidden_weight"]) * hidden.hidden_loss(student_states, dense_states, mask)
     return loss
@@ -261,6 +264,7 @@ def _train_and_export(ft: Finetune) -> dict:
     loss_fn = LOSSES[loss_name]
     batch_size = int(settings["batch_size"])
     teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
+    cached = hidden.DenseStates.compute(loaded, train, blocks, batch_size, lambda: autocast(settings)) if blocks else None
     dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
 
     one_shot_start = settings["start"] == "one-shot"
@@ -296,8 +300,10 @@ def _train_and_export(ft: Finetune) -> dict:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)
                 inputs = train.batch(index)
+                states = cached.batch(index, inputs["attention_mask"].shape[1]) if cached else None
                 loss = batch_loss(loaded, student, inputs, None if teacher is None else teacher[index],
-                                  None if train.labels is None else train.labels[index], loss_fn, settings, blocks)
+                                  None if train.labels is None else train.labels[index], loss_fn, settings, blocks,
+                                  states)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 masks.mask_gradients()

@@ -10,13 +10,15 @@ with h^s_bt and h^d_bt the student's and the dense model's output of block b at 
 attention mask (1 for a real token, 0 for padding; all ones for inputs without one): each block's
 squared error relative to its own energy, so blocks of different scale weigh alike.  The output loss
 alone gives one vector per sentence to learn from; the blocks give one per token and layer, which
-is what lets a pruned layer's neighbours compensate for it early in training.
+is what lets a pruned layer's neighbours compensate for it early in training.  The dense states of
+token inputs are computed once before training (``DenseStates``), not by a dense forward every step.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -75,3 +77,57 @@ def hidden_loss(student: list[torch.Tensor], dense: list[torch.Tensor], mask: to
             error, energy = error * weights, energy * weights
         total = total + error.sum() / energy.sum().clamp_min(torch.finfo(energy.dtype).tiny)
     return total / len(student)
+
+
+MAX_CACHED_BYTES = 4 << 30  # dense states beyond this are recomputed every step instead of kept
+
+
+@dataclass
+class DenseStates:
+    """The dense model's block outputs h^d on every training sample, computed once before training (in
+    the training's precision) and kept for each sample's real tokens only: the hidden loss then needs
+    no dense forward pass per step.  Sample i's states are rows offsets[i] ... offsets[i] + lengths[i]
+    of each block's ``rows``; ``batch`` pads them back to a batch's width with zeros (masked anyway)."""
+
+    rows: list[torch.Tensor]  # per block: (real tokens of all samples, width)
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def compute(cls, loaded, train, blocks: list[str], batch_size: int,
+                precision: Callable[[], ContextManager]) -> DenseStates | None:
+        """The states of ``train`` (token inputs with a mask), or None where they would not fit
+        MAX_CACHED_BYTES or the inputs have no token lengths; ``precision()`` gives the forward's context."""
+        lengths = train.lengths()
+        if lengths is None or not blocks:
+            return None
+        order = torch.sort(lengths, stable=True).indices  # each batch cut to about its own length
+        offsets = torch.cumsum(lengths, 0) - lengths
+        rows: list[torch.Tensor] = []
+        loaded.model.eval()
+        for index in order.split(batch_size):
+            inputs = train.batch(index)
+            with torch.no_grad(), recording(loaded.model, blocks) as states, precision():
+                loaded.run_model(loaded.model, inputs)
+            if not rows:
+                per_token = sum(state.shape[-1] * state.element_size() for state in states)
+                if int(lengths.sum()) * per_token > MAX_CACHED_BYTES or len(states) != len(blocks):
+                    return None
+                rows = [state.new_empty((int(lengths.sum()), state.shape[-1])) for state in states]
+            valid = inputs["attention_mask"].bool()
+            targets = (offsets[index, None] + torch.arange(valid.shape[1])[None, :])[valid]
+            for store, state in zip(rows, states):
+                store[targets] = state[valid]
+        return cls(rows, offsets, lengths)
+
+    def batch(self, index: torch.Tensor, tokens: int) -> list[torch.Tensor]:
+        """Each block's states of samples ``index`` as (len(index), tokens, width), zero past a sample's length."""
+        positions = torch.arange(tokens)[None, :]
+        valid = positions < self.lengths[index, None]
+        sources = (self.offsets[index, None] + positions)[valid]
+        padded = []
+        for store in self.rows:
+            out = store.new_zeros((len(index), tokens, store.shape[1]))
+            out[valid] = store[sources]
+            padded.append(out)
+        return padded

@@ -101,11 +101,10 @@ class DenseStates:
         lengths = train.lengths()
         if lengths is None or not blocks:
             return None
-        order = torch.sort(lengths, stable=True).indices  # each batch cut to about its own length
         offsets = torch.cumsum(lengths, 0) - lengths
         rows: list[torch.Tensor] = []
         loaded.model.eval()
-        for index in order.split(batch_size):
+        for index in train.in_length_order(batch_size):
             inputs = train.batch(index)
             with torch.no_grad(), recording(loaded.model, blocks) as states, precision():
                 loaded.run_model(loaded.model, inputs)

@@ -54,6 +54,13 @@ class TrainingSet:
             return self.inputs["attention_mask"].sum(dim=1)
         return None
 
+    def in_length_order(self, batch_size: int) -> list[torch.Tensor]:
+        """Batches of sample indices, shortest samples first (a one-time pass over the data: each
+        batch cut to about its own length); in sample order for inputs without token lengths."""
+        lengths = self.lengths()
+        order = torch.arange(len(self)) if lengths is None else torch.sort(lengths, stable=True).indices
+        return list(order.split(batch_size))
+
     def batch(self, index: torch.Tensor):
         """The inputs of samples ``index``; token inputs cut to the batch's longest sample."""
         chunk = self.subset(index).inputs
@@ -157,11 +164,10 @@ def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> 
                 return teacher
         except (*TENSOR_FILE_ERRORS, KeyError):
             pass  # a damaged file is recomputed, never trusted
-    lengths = train.lengths()  # in length order each batch is cut short; the outputs go back to sample order
-    index = torch.arange(len(train)) if lengths is None else torch.sort(lengths, stable=True).indices
-    outputs = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in index.split(batch_size)))
+    batches = train.in_length_order(batch_size)
+    outputs = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in batches))
     teacher = torch.empty_like(outputs)
-    teacher[index] = outputs
+    teacher[torch.cat(batches)] = outputs  # back to sample order
     atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
     return teacher
 

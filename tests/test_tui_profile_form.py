@@ -204,6 +204,9 @@ def test_snapshot_profile_form(root, snap_compare, monkeypatch, size):
     async def open_form(pilot):
         await pilot.app.push_screen(ProfileFormScreen(root, root / "profiles" / "digits-cpu.toml"))
         await wait_until(pilot, lambda: "prunable layers" in pane_text(pilot.app.screen.query_one("#form-plan")), timeout=120)
+        for field in pilot.app.screen.query(Input):  # a blinking cursor would be caught on or off by chance
+            field.cursor_blink = False
+        await pilot.pause()
 
     assert snap_compare(SpdyApp(root=root), terminal_size=size, run_before=open_form)
 

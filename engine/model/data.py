@@ -148,6 +148,11 @@ def _tokenised(samples: Sequence[str], tokenizer: Any, profile: Profile, what: s
     return Data(encode(calibration_text), encode(heldout_text))
 
 
+def length_order(lengths: torch.Tensor) -> torch.Tensor:
+    """The positions of ``lengths`` shortest first, ties in position order (a stable sort)."""
+    return torch.sort(lengths, stable=True).indices
+
+
 def trimmed_by_length(batches: list[Batch]) -> list[Batch]:
     """The same text samples regrouped shortest first, each batch cut to its longest sample.
 
@@ -164,7 +169,7 @@ def trimmed_by_length(batches: list[Batch]) -> list[Batch]:
     inputs = {key: torch.cat([batch.inputs[key] for batch in batches]) for key in batches[0].inputs}
     labels = None if batches[0].labels is None else torch.cat([batch.labels for batch in batches])
     lengths = inputs["attention_mask"].sum(dim=1)
-    order = sorted(range(len(lengths)), key=lambda i: (int(lengths[i]), i))
+    order = length_order(lengths).tolist()
     regrouped, start = [], 0
     for batch in batches:
         index = order[start : start + len(batch)]

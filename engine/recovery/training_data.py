@@ -24,6 +24,7 @@ from engine.model.data import (
     TENSOR_SUFFIXES,
     DataError,
     digits_split,
+    length_order,
     read_tensor_file,
     text_lines,
 )
@@ -58,7 +59,7 @@ class TrainingSet:
         """Batches of sample indices, shortest samples first (a one-time pass over the data: each
         batch cut to about its own length); in sample order for inputs without token lengths."""
         lengths = self.lengths()
-        order = torch.arange(len(self)) if lengths is None else torch.sort(lengths, stable=True).indices
+        order = torch.arange(len(self)) if lengths is None else length_order(lengths)
         return list(order.split(batch_size))
 
     def batch(self, index: torch.Tensor):
@@ -86,7 +87,7 @@ def epoch_batches(train: TrainingSet, batch_size: int, seed: int, by_length: boo
         return list(order.split(batch_size))
     batches = []
     for group in order.split(batch_size * LENGTH_GROUP):
-        batches += group[torch.sort(lengths[group], stable=True).indices].split(batch_size)
+        batches += group[length_order(lengths[group])].split(batch_size)
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 

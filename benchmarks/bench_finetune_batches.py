@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     profile = load_profile(ROOT / "profiles" / "minilm-cpu.toml")
     loaded, data = load(profile)
-    train = training_set(profile, None, args.samples, loaded, data)
+    train = training_set(profile, {"train_samples": args.samples}, loaded, data)
     settings = {"precision": args.precision, "hidden_weight": 1.0}
     blocks = hidden.block_names(loaded.model, loaded.layer_names)
     started = time.perf_counter()

@@ -158,10 +158,16 @@ def test_dense_states_are_each_samples_block_outputs_padded_with_zeros(monkeypat
     with hidden.recording(model, blocks) as direct, torch.no_grad():
         model(train.inputs["x"][index, :4])
     for got, want in zip(states, direct):
-        assert got.shape == (2, 4, 4)
-        assert torch.allclose(got[0], want[0], atol=1e-6)  # sample 4: 4 real tokens
-        assert torch.allclose(got[1, :1], want[1, :1], atol=1e-6) and not got[1, 1:].any()  # sample 1: one
+        assert got.shape == (2, 4, 4) and got.dtype == hidden.CACHED_DTYPE
+        want = want.to(hidden.CACHED_DTYPE)  # kept rounded to bf16, exactly
+        assert torch.equal(got[0], want[0])  # sample 4: 4 real tokens
+        assert torch.equal(got[1, :1], want[1, :1]) and not got[1, 1:].any()  # sample 1: one
+    assert cached.outputs is None  # per-token outputs of batches of different widths are not one tensor
+    Loaded.run_model = staticmethod(lambda module, inputs: module(inputs["x"])[:, 0])  # one vector per sample
+    pooled = hidden.DenseStates.compute(Loaded, train, blocks, 2, nullcontext)
+    with torch.no_grad():
+        assert torch.equal(pooled.outputs, model(train.inputs["x"])[:, 0])  # in sample order
     # too large to keep, or inputs without token lengths: computed every step instead
-    monkeypatch.setattr(hidden, "MAX_CACHED_BYTES", 15 * 2 * 4 * 4 - 1)
+    monkeypatch.setattr(hidden, "MAX_CACHED_BYTES", 15 * 2 * 4 * 2 - 1)  # 15 tokens, 2 blocks, width 4, 2 bytes
     assert hidden.DenseStates.compute(Loaded, train, blocks, 2, nullcontext) is None
     assert hidden.DenseStates.compute(Loaded, TrainingSet(torch.randn(5, 4), None), blocks, 2, nullcontext) is None

@@ -71,3 +71,15 @@ def test_teacher_outputs_come_back_in_sample_order(tmp_path):
     lengths = [3, 1, 4, 1, 5, 2, 6]
     teacher = training_data.teacher_outputs(tmp_path / "teacher.safetensors", Loaded, token_set(lengths), 2)
     assert teacher.tolist() == [[float(i), float(n)] for i, n in enumerate(lengths)]
+
+
+def test_teacher_outputs_from_a_pass_already_made_are_kept_and_the_file_wins_after(tmp_path):
+    class Loaded:
+        @staticmethod
+        def run_model(model, inputs):
+            raise AssertionError("no pass of its own")
+
+    train, path = token_set([2, 1, 3]), tmp_path / "teacher.safetensors"
+    computed = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(training_data.teacher_outputs(path, Loaded, train, 2, computed), computed)
+    assert torch.equal(training_data.teacher_outputs(path, Loaded, train, 2, computed + 1), computed)  # as kept on resume

@@ -256,15 +256,16 @@ def _train_and_export(ft: Finetune) -> dict:
     if hidden_weight and not blocks:
         raise RunError("--hidden-weight: the model has no list of blocks (nn.ModuleList) holding its prunable layers; "
                        "use --hidden-weight 0")
-    train = training_set(ft.run.profile, ft.settings["data"], ft.settings["train_samples"], loaded, data)
+    train = training_set(ft.run.profile, settings, loaded, data)
     try:
         loss_name = resolve_loss(settings["loss"], loaded.task, train.labels is not None, option="--loss")
     except DataError as exc:
         raise RunError(str(exc)) from None
     loss_fn = LOSSES[loss_name]
     batch_size = int(settings["batch_size"])
-    teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size) if loss_name in DISTILLATION_LOSSES else None
     cached = hidden.DenseStates.compute(loaded, train, blocks, batch_size, lambda: autocast(settings)) if blocks else None
+    fp32_pass = cached.outputs if cached is not None and settings["precision"] == "fp32" else None  # the teacher's, exactly
+    teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size, fp32_pass) if loss_name in DISTILLATION_LOSSES else None
     dense_heldout = model_outputs(loaded, loaded.model, [batch.inputs for batch in data.heldout]) if data.heldout else None
 
     one_shot_start = settings["start"] == "one-shot"
@@ -374,7 +375,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "training": {"loss": loss_name, "optimizer": "Adam", "lr": ft.settings["lr"], "lr_decay": ft.settings["lr_decay"],
                      "hidden_weight": ft.settings["hidden_weight"],
                      "precision": ft.settings["precision"], "batch_size": ft.settings["batch_size"],
-                     "group_by_length": ft.settings["group_by_length"],
+                     "group_by_length": ft.settings["group_by_length"], "add_docstrings": ft.settings["add_docstrings"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,

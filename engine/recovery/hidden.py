@@ -23,6 +23,8 @@ from typing import Callable, ContextManager, Iterator
 import torch
 from torch import nn
 
+from engine.recovery.training_data import in_sample_order
+
 
 def block_names(model: nn.Module, layer_names: list[str]) -> list[str]:
     """The items of the outermost ModuleLists holding any of ``layer_names``, in model order."""
@@ -80,18 +82,22 @@ def hidden_loss(student: list[torch.Tensor], dense: list[torch.Tensor], mask: to
 
 
 MAX_CACHED_BYTES = 4 << 30  # dense states beyond this are recomputed every step instead of kept
+CACHED_DTYPE = torch.bfloat16  # rounding error 2^-9 relative: ~1e-5 of the relative squared error, half the memory
 
 
 @dataclass
 class DenseStates:
     """The dense model's block outputs h^d on every training sample, computed once before training (in
-    the training's precision) and kept for each sample's real tokens only: the hidden loss then needs
-    no dense forward pass per step.  Sample i's states are rows offsets[i] ... offsets[i] + lengths[i]
-    of each block's ``rows``; ``batch`` pads them back to a batch's width with zeros (masked anyway)."""
+    the training's precision) and kept in CACHED_DTYPE for each sample's real tokens only: the hidden
+    loss then needs no dense forward pass per step.  Sample i's states are rows offsets[i] ... offsets[i] + lengths[i]
+    of each block's ``rows``; ``batch`` pads them back to a batch's width with zeros (masked anyway).
+    The same pass's model outputs are kept too (``outputs``, in sample order): in fp32 they are the
+    teacher's outputs, which then need no pass of their own."""
 
     rows: list[torch.Tensor]  # per block: (real tokens of all samples, width)
     offsets: torch.Tensor
     lengths: torch.Tensor
+    outputs: torch.Tensor | None = None  # the model's output per sample (None unless one tensor of one width)
 
     @classmethod
     def compute(cls, loaded, train, blocks: list[str], batch_size: int,
@@ -103,21 +109,24 @@ class DenseStates:
             return None
         offsets = torch.cumsum(lengths, 0) - lengths
         rows: list[torch.Tensor] = []
+        outputs: list = []
+        order = train.in_length_order(batch_size)
         loaded.model.eval()
-        for index in train.in_length_order(batch_size):
+        for index in order:
             inputs = train.batch(index)
             with torch.no_grad(), recording(loaded.model, blocks) as states, precision():
-                loaded.run_model(loaded.model, inputs)
+                outputs.append(loaded.run_model(loaded.model, inputs))
             if not rows:
-                per_token = sum(state.shape[-1] * state.element_size() for state in states)
+                per_token = sum(state.shape[-1] for state in states) * CACHED_DTYPE.itemsize
                 if int(lengths.sum()) * per_token > MAX_CACHED_BYTES or len(states) != len(blocks):
                     return None
-                rows = [state.new_empty((int(lengths.sum()), state.shape[-1])) for state in states]
+                rows = [state.new_empty((int(lengths.sum()), state.shape[-1]), dtype=CACHED_DTYPE) for state in states]
             valid = inputs["attention_mask"].bool()
             targets = (offsets[index, None] + torch.arange(valid.shape[1])[None, :])[valid]
             for store, state in zip(rows, states):
-                store[targets] = state[valid]
-        return cls(rows, offsets, lengths)
+                store[targets] = state[valid].to(CACHED_DTYPE)
+        one_tensor = all(isinstance(out, torch.Tensor) for out in outputs) and len({out.shape[1:] for out in outputs}) == 1
+        return cls(rows, offsets, lengths, in_sample_order(torch.cat(outputs), order) if one_tensor else None)
 
     def batch(self, index: torch.Tensor, tokens: int) -> list[torch.Tensor]:
         """Each block's states of samples ``index`` as (len(index), tokens, width), zero past a sample's length."""

@@ -45,6 +45,7 @@ class Options:
     lr_decay: str | None = None  # constant | cosine (over all steps of the fine-tuning)
     precision: str | None = None  # fp32 | bf16 (autocast of the forward passes)
     group_by_length: bool | None = None  # batches of sentences of about one length (training_data.epoch_batches)
+    add_docstrings: int | None = None  # extra training sentences from the installed packages' docstrings (0: none)
     threads: int | None = None  # not part of what the result means: may change on resume
 
 
@@ -56,7 +57,7 @@ def defaults(profile) -> dict:
         "init_sparsity": DEFAULT.init_sparsity, "update_frequency": DEFAULT.update_frequency,
         "loss": "auto", "lr": 5e-5 if transformer else 1e-3, "batch_size": 32, "train_samples": 0, "data": "",
         "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32", "group_by_length": True,
-        "threads": profile.hardware.threads,
+        "add_docstrings": 0, "threads": profile.hardware.threads,
     }
 
 
@@ -66,10 +67,10 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
     Resuming with a given option that differs from the stored one is refused."""
     chosen_defaults = defaults(profile)
     if stored is not None:
-        # fine-tunings from before --start, --hidden-weight, --lr-decay, --precision and --group-by-length
-        # existed: what they ran
+        # fine-tunings from before --start, --hidden-weight, --lr-decay, --precision, --group-by-length
+        # and --add-docstrings existed: what they ran
         stored = {"start": "gradual", "hidden_weight": 0.0, "lr_decay": "constant", "precision": "fp32",
-                  "group_by_length": False, **stored}
+                  "group_by_length": False, "add_docstrings": 0, **stored}
     settings, differ = {}, []
     for field in fields(Options):
         given = getattr(options, field.name)
@@ -91,8 +92,8 @@ def resolve(options: Options, stored: dict | None, profile, out: Path) -> dict:
         raise RunError(f"--hidden-weight must be at least 0, got {settings['hidden_weight']}")
     if not settings["lr"] > 0:
         raise RunError(f"--lr must be positive, got {settings['lr']}")
-    if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["threads"] < 1:
-        raise RunError("--batch-size and --threads must be at least 1, --train-samples at least 0")
+    if settings["batch_size"] < 1 or settings["train_samples"] < 0 or settings["add_docstrings"] < 0 or settings["threads"] < 1:
+        raise RunError("--batch-size and --threads must be at least 1, --train-samples and --add-docstrings at least 0")
     return settings
 
 

@@ -4,7 +4,11 @@ Sources: the digits ``train`` split (data.source "digits"); the text corpus (std
 the profile's text file) tokenised like the calibration data, with every sentence whose tokens
 equal a held-out sample's dropped; or ``--data FILE``: a text file (one sample per line) or a
 tensor file (``engine.data.read_tensor_file``: .safetensors / .pt / .npy with ``inputs`` or the
-model's keyword inputs, optional ``labels``).  ``train_samples`` takes a seeded subset.
+model's keyword inputs, optional ``labels``).  ``train_samples`` takes a seeded subset;
+``add_docstrings`` then adds that many seeded sentences of the installed packages' docstrings
+(``engine.model.corpus.package_sentences``) to a text model's samples: distilling on more distinct
+text than the few thousand sentences of a calibration corpus keeps the student from fitting those
+(docs/results.md).
 Also what is computed on those samples and the held-out ones: the dense teacher's outputs
 (computed once, kept in a file) and the held-out metrics of a model.
 """
@@ -28,7 +32,7 @@ from engine.model.data import (
     read_tensor_file,
     text_lines,
 )
-from engine.model.corpus import stdlib_sentences
+from engine.model.corpus import package_sentences, stdlib_sentences
 from engine.model.losses import heldout_metrics
 from engine.core.errors import RunError
 
@@ -48,6 +52,14 @@ class TrainingSet:
     def subset(self, index: torch.Tensor) -> TrainingSet:
         inputs = {k: v[index] for k, v in self.inputs.items()} if isinstance(self.inputs, dict) else self.inputs[index]
         return TrainingSet(inputs, None if self.labels is None else self.labels[index])
+
+    def joined(self, other: TrainingSet) -> TrainingSet:
+        """This set's samples followed by ``other``'s (same inputs, both with or both without labels)."""
+        if isinstance(self.inputs, dict):
+            inputs = {key: torch.cat([value, other.inputs[key]]) for key, value in self.inputs.items()}
+        else:
+            inputs = torch.cat([self.inputs, other.inputs])
+        return TrainingSet(inputs, None if self.labels is None else torch.cat([self.labels, other.labels]))
 
     def lengths(self) -> torch.Tensor | None:
         """Each sample's number of real tokens (token inputs with an attention mask), else None."""
@@ -71,6 +83,14 @@ class TrainingSet:
         return chunk
 
 
+def in_sample_order(outputs: torch.Tensor, batches: list[torch.Tensor]) -> torch.Tensor:
+    """Outputs computed batch after batch over ``batches`` (sample indices, e.g. ``in_length_order``'s),
+    concatenated, put back in sample order."""
+    ordered = torch.empty_like(outputs)
+    ordered[torch.cat(batches)] = outputs
+    return ordered
+
+
 def epoch_batches(train: TrainingSet, batch_size: int, seed: int, by_length: bool) -> list[torch.Tensor]:
     """One epoch's batches of sample indices, drawn from ``seed`` alone.
 
@@ -91,25 +111,47 @@ def epoch_batches(train: TrainingSet, batch_size: int, seed: int, by_length: boo
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
+def _token_rows(inputs: dict[str, torch.Tensor]) -> list[tuple[int, ...]]:
+    """Each sample's real tokens (input ids up to its length)."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    return [tuple(row[: int(length)]) for row, length in zip(inputs["input_ids"].tolist(), lengths)]
+
+
 def _heldout_token_rows(data) -> set[tuple[int, ...]]:
-    rows = set()
-    for batch in data.heldout:
-        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-        for row, length in zip(ids.tolist(), mask.sum(dim=1).tolist()):
-            rows.add(tuple(row[: int(length)]))
-    return rows
+    is_text = data.heldout and isinstance(data.heldout[0].inputs, dict)
+    return {row for batch in data.heldout for row in _token_rows(batch.inputs)} if is_text else set()
 
 
-def _tokenised(texts: list[str], loaded, data, profile, what: str) -> TrainingSet:
+def _tokenised(texts: list[str], loaded, data, profile, what: str, excluded: set[tuple[int, ...]] = frozenset()) -> TrainingSet:
+    """``texts`` as token inputs at data.seq_len, without those equal to a held-out sample or in ``excluded``."""
     if loaded.tokenizer is None:
         raise RunError(f"{what} is text, but model.source {profile.model.source!r} has no tokenizer")
     encoded = dict(loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=profile.data.seq_len,
                                     return_tensors="pt"))
-    heldout = _heldout_token_rows(data) if data.heldout and isinstance(data.heldout[0].inputs, dict) else set()
-    lengths = encoded["attention_mask"].sum(dim=1).tolist()
-    keep = [i for i, (row, length) in enumerate(zip(encoded["input_ids"].tolist(), lengths))
-            if tuple(row[: int(length)]) not in heldout]
+    dropped = _heldout_token_rows(data) | excluded
+    keep = [i for i, row in enumerate(_token_rows(encoded)) if row not in dropped]
     return TrainingSet(encoded, None).subset(torch.tensor(keep, dtype=torch.long))
+
+
+def _added_docstrings(count: int, train: TrainingSet, profile, loaded, data) -> TrainingSet:
+    """``count`` sentences of ``package_sentences`` in a seeded order, skipping any whose tokens equal a
+    training or held-out sample's (fewer where the packages hold fewer)."""
+    what = "--add-docstrings"
+    if not isinstance(train.inputs, dict) or "input_ids" not in train.inputs:
+        raise RunError(f"{what}: the training data is not text (token inputs); extra text is for text models")
+    sentences = package_sentences()
+    if not sentences:
+        raise RunError(f"{what}: found no docstrings in this Python's installed packages")
+    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(profile.run.seed)).tolist()
+    excluded, added, start = set(_token_rows(train.inputs)), None, 0
+    while start < len(order) and (missing := count - (0 if added is None else len(added))) > 0:
+        drawn = [sentences[i] for i in order[start: start + missing + missing // 10 + 100]]  # a margin for repeats
+        start += len(drawn)
+        more = _tokenised(drawn, loaded, data, profile, what, excluded)
+        more = more.subset(torch.arange(min(missing, len(more))))
+        excluded |= set(_token_rows(more.inputs))
+        added = more if added is None else added.joined(more)
+    return added
 
 
 def _source(profile, chosen: str | None, loaded, data) -> TrainingSet:
@@ -133,10 +175,12 @@ def _source(profile, chosen: str | None, loaded, data) -> TrainingSet:
     )
 
 
-def training_set(profile, chosen: str | None, train_samples: int | None, loaded, data) -> TrainingSet:
-    """The training samples (see the module docstring), optionally a seeded subset of ``train_samples``."""
+def training_set(profile, settings: dict, loaded, data) -> TrainingSet:
+    """The training samples (see the module docstring) of a fine-tuning's ``settings``: its ``data``, a
+    seeded subset of ``train_samples`` (0: all), then ``add_docstrings`` package sentences (0: none)."""
+    train_samples, added = settings.get("train_samples") or 0, settings.get("add_docstrings") or 0
     try:
-        train = _source(profile, chosen, loaded, data)
+        train = _source(profile, settings.get("data") or None, loaded, data)
     except DataError as exc:
         raise RunError(str(exc)) from None
     if train_samples and train_samples < len(train):
@@ -144,7 +188,7 @@ def training_set(profile, chosen: str | None, train_samples: int | None, loaded,
         train = train.subset(torch.randperm(len(train), generator=generator)[:train_samples].sort().values)
     if len(train) == 0:
         raise RunError("no training samples left (every one is a held-out sample?)")
-    return train
+    return train.joined(_added_docstrings(added, train, profile, loaded, data)) if added else train
 
 
 # ---------------------------------------------------------------------------- outputs on the data
@@ -155,9 +199,10 @@ def model_outputs(loaded, model, batches) -> torch.Tensor:
         return torch.cat([loaded.run_model(model, inputs) for inputs in batches])
 
 
-def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> torch.Tensor:
-    """The dense model's outputs on every training sample, computed once and kept at ``path``
-    (``teacher.safetensors``), so a resumed run distils to the very same targets."""
+def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int, computed: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense model's fp32 outputs on every training sample, computed once and kept at ``path``
+    (``teacher.safetensors``), so a resumed run distils to the very same targets.  ``computed``: those
+    outputs from a pass already made (``hidden.DenseStates`` in fp32), used unless the file holds them."""
     if path.exists():
         try:
             teacher = load_file(str(path))["outputs"]
@@ -165,10 +210,11 @@ def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int) -> 
                 return teacher
         except (*TENSOR_FILE_ERRORS, KeyError):
             pass  # a damaged file is recomputed, never trusted
-    batches = train.in_length_order(batch_size)
-    outputs = model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in batches))
-    teacher = torch.empty_like(outputs)
-    teacher[torch.cat(batches)] = outputs  # back to sample order
+    if computed is not None and len(computed) == len(train):
+        teacher = computed
+    else:
+        batches = train.in_length_order(batch_size)
+        teacher = in_sample_order(model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in batches)), batches)
     atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
     return teacher
 

@@ -55,6 +55,10 @@ def finetune(
     batch_size: Optional[int] = option(None, "--batch-size", metavar="N", help="Training batch size (default 32)."),
     train_samples: Optional[int] = option(
         None, "--train-samples", metavar="N", help="Use a seeded subset of this many training samples (default: all)."),
+    add_docstrings: Optional[int] = option(
+        None, "--add-docstrings", metavar="N",
+        help="Text models: add N seeded sentences from the installed Python packages' docstrings to the training "
+        "text (default 0; the first use parses them, about 2 minutes)."),
     threads: Optional[int] = option(None, "--threads", metavar="N", min=1, help="CPU threads (default: the run's hardware.threads)."),
     out_dir: Optional[Path] = option(
         None, "--out", metavar="DIR", help="Output folder (default RUN_DIR/finetune, or RUN_DIR/finetune-<allocation>)."),
@@ -76,7 +80,7 @@ def finetune(
         allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
         data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay,
-        precision=precision, group_by_length=group_by_length, threads=threads,
+        precision=precision, group_by_length=group_by_length, add_docstrings=add_docstrings, threads=threads,
     )
     listener = StderrProgress(err)
     try:

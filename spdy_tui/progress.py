@@ -134,6 +134,8 @@ class StderrProgress:
             self._line(
                 f"finetune: {event.get('samples')} samples, loss {event.get('loss')}, {epochs} epochs"
                 + (f", resuming at epoch {event['epoch'] + 1}" if event.get("resume") else ""))
+        elif phase == "preparing":
+            self._line(f"finetune: {event.get('what')}")
         elif phase == "step":
             self._bar("finetune", event["step"], event["steps"], f"finetune epoch {event['epoch'] + 1}/{epochs}")
         elif phase == "epoch":

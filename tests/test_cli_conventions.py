@@ -128,6 +128,14 @@ def test_progress_prints_user_text_as_written():
     assert "[bold]uniform[/x]" in text and "layer [/x] failed" in text and "[/kl]" in text
 
 
+def test_progress_says_what_a_finetuning_prepares_before_its_first_step():
+    buffer = io.StringIO()
+    progress = StderrProgress(Console(file=buffer, highlight=False), heartbeat=60)
+    progress({"type": "finetune", "phase": "preparing", "epoch": 0, "epochs": 5, "what": "the dense model's outputs on 36 samples"})
+    progress.close()
+    assert buffer.getvalue().splitlines() == ["finetune: the dense model's outputs on 36 samples"]
+
+
 # ---------------------------------------------------------------------------- Ctrl-C
 INTERRUPT = textwrap.dedent("""
     import atexit, os, signal, sys

@@ -196,7 +196,8 @@ def test_finetune_reaches_exact_levels_and_beats_one_shot(tuned):
         f"{name}.weight": level_sparsity(level) for name, level in allocation.items() if level_sparsity(level) > 0}
     events = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "finetune"]
     phases = [e["phase"] for e in events if e["phase"] != "step"]
-    assert phases == ["started"] + ["prune", "epoch"] * 5 + ["epoch", "verify", "done"]
+    assert phases == ["preparing", "started"] + ["prune", "epoch"] * 5 + ["epoch", "verify", "done"]
+    assert events[0]["what"] == "reading the training data"  # labels: no dense pass to prepare
     pruned = [e["pruned"] for e in events if e["phase"] == "prune"]
     for name, level in allocation.items():
         counts = [p.get(name, 0) for p in pruned]

@@ -96,6 +96,11 @@ def test_added_docstrings_need_text_and_docstrings(tmp_path, monkeypatch, tokeni
     digits_data = build_data(from_dict({"data": {"source": "digits", "calibration_samples": 10, "heldout_samples": 10}}))
     with pytest.raises(RunError, match="--add-docstrings: the training data is not text"):
         training_set(digits, {"add_docstrings": 3}, _Loaded(None), digits_data)
+    monkeypatch.setattr(training_data, "package_sentences", lambda: ("An installed package documents its function in prose.",))
+    narrow = TrainingSet({key: value[:, :8] for key, value in training_set(profile, {}, loaded, data).inputs.items()}, None)
+    monkeypatch.setattr(training_data, "_source", lambda *args: narrow)  # e.g. a tensor file cut to 8 tokens
+    with pytest.raises(RunError, match=r"--add-docstrings: the training data's inputs .* data.seq_len = 24"):
+        training_set(profile, {"add_docstrings": 1}, loaded, data)
 
 
 def test_add_docstrings_defaults_to_none_also_for_finetunings_stored_before_it(tmp_path):

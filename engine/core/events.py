@@ -47,9 +47,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "relax": ("target", "measured", "search_target", "outcome"),
     "run_finished": ("status", "wall_seconds"),
     "error": ("message",),
-    # `spdy finetune` (engine.recovery.finetune): phase started, prune, step, epoch, verify, done, interrupted
-    # or failed; epoch is the 0-based epoch the event is about (prune, step, epoch), else the
-    # number of epochs finished (started: where it starts; done, verify: all)
+    # `spdy finetune` (engine.recovery.finetune): phase preparing (with ``what``), started, prune, step,
+    # epoch, verify, done, interrupted or failed; epoch is the 0-based epoch the event is about (prune,
+    # step, epoch), else the number of epochs finished (preparing, started: where it starts; done, verify: all)
     "finetune": ("phase", "epoch", "epochs"),
 }
 STAGE_STATES = ("started", "done", "skipped")

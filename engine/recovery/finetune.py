@@ -13,11 +13,9 @@ The training loss, by model kind (``engine.model.losses``; ``--loss`` overrides 
     classifier, no labels    distillation      L = 1/N sum_i KL(softmax(d_i) || softmax(c_i))
 
 with c_i the pruned model's output, d_i the dense model's (computed once, ``teacher.safetensors``)
-and y_i the label.  Training data: the digits ``train`` split (data.source "digits"), the text
-corpus without the held-out samples (text sources: any training sentence whose tokens equal a
-held-out sample's is dropped), or ``--data FILE``: a text file (one sample per line, text models)
-or a tensor file (.safetensors / .pt / .npy: ``inputs`` or the model's keyword inputs, optional
-``labels``).  Batches are drawn in an order seeded by (run.seed, epoch) (sentences of about one length
+and y_i the label.  Training data (``engine.recovery.training_data``): the digits ``train`` split,
+the text corpus without the held-out samples, or ``--data FILE``, plus for text ``--add-docstrings``
+sentences.  Batches are drawn in an order seeded by (run.seed, epoch) (sentences of about one length
 together, ``training_data.epoch_batches``, unless ``--no-group-by-length``), and dropout is seeded the
 same way, so an epoch re-run after a resume is the epoch an uninterrupted run would have run.
 
@@ -35,6 +33,7 @@ and ``finetune`` events in the run's ``events.jsonl``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.recovery import checkpoint
+from engine.recovery import checkpoint, hidden
 from engine.core.profile import ProfileError, load_profile
 from engine.model.data import DataError
 from engine.core.events import EventLog
@@ -54,7 +53,6 @@ from engine.core.environment import cpu_flags
 from engine.core.errors import RunError
 from engine.run.context import RunContext
 from engine.export.schedule import GMPSchedule
-from engine.recovery import hidden
 from engine.recovery.settings import (
     DISTILLATION_LOSSES, STEP_EVENTS_PER_EPOCH, Options, autocast, check_precision, learning_rate, resolve, schedule_of,
 )
@@ -119,9 +117,7 @@ def _allocation(result: dict, name: str, path: Path) -> tuple[list[dict], float,
 
 
 def _describe(state: dict) -> str:
-    if state.get("done"):
-        return "finished"
-    return f"stopped after epoch {state['epoch']} of {state.get('settings', {}).get('epochs', '?')}"
+    return "finished" if state.get("done") else f"stopped after epoch {state['epoch']} of {state.get('settings', {}).get('epochs', '?')}"
 
 
 def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | Path | None = None,
@@ -256,6 +252,8 @@ def _train_and_export(ft: Finetune) -> dict:
     if hidden_weight and not blocks:
         raise RunError("--hidden-weight: the model has no list of blocks (nn.ModuleList) holding its prunable layers; "
                        "use --hidden-weight 0")
+    preparing = functools.partial(log.emit, "finetune", phase="preparing", epoch=ft.epochs_done, epochs=epochs)
+    preparing(what="reading the training data" + (" and the installed packages' docstrings" if settings["add_docstrings"] else ""))
     train = training_set(ft.run.profile, settings, loaded, data)
     try:
         loss_name = resolve_loss(settings["loss"], loaded.task, train.labels is not None, option="--loss")
@@ -263,6 +261,8 @@ def _train_and_export(ft: Finetune) -> dict:
         raise RunError(str(exc)) from None
     loss_fn = LOSSES[loss_name]
     batch_size = int(settings["batch_size"])
+    if blocks or loss_name in DISTILLATION_LOSSES:
+        preparing(what=f"the dense model's outputs on {len(train)} training samples")
     cached = hidden.DenseStates.compute(loaded, train, blocks, batch_size, lambda: autocast(settings)) if blocks else None
     fp32_pass = cached.outputs if cached is not None and settings["precision"] == "fp32" else None  # the teacher's, exactly
     teacher = teacher_outputs(ft.out / "teacher.safetensors", loaded, train, batch_size, fp32_pass) if loss_name in DISTILLATION_LOSSES else None

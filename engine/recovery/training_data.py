@@ -151,6 +151,10 @@ def _added_docstrings(count: int, train: TrainingSet, profile, loaded, data) -> 
         more = more.subset(torch.arange(min(missing, len(more))))
         excluded |= set(_token_rows(more.inputs))
         added = more if added is None else added.joined(more)
+    shape = {key: tuple(value.shape[1:]) for key, value in train.inputs.items()}
+    if shape != {key: tuple(value.shape[1:]) for key, value in added.inputs.items()}:
+        raise RunError(f"{what}: the training data's inputs ({shape}) are not what the tokenizer makes at data.seq_len "
+                       f"= {profile.data.seq_len}; pass the extra text in a text --data file instead")
     return added
 
 

@@ -6,9 +6,9 @@ equal a held-out sample's dropped; or ``--data FILE``: a text file (one sample p
 tensor file (``engine.data.read_tensor_file``: .safetensors / .pt / .npy with ``inputs`` or the
 model's keyword inputs, optional ``labels``).  ``train_samples`` takes a seeded subset;
 ``add_docstrings`` then adds that many seeded sentences of the installed packages' docstrings
-(``engine.model.corpus.package_sentences``) to a text model's samples: distilling on more distinct
-text than the few thousand sentences of a calibration corpus keeps the student from fitting those
-(docs/results.md).
+(``engine.model.corpus.package_sentences``) to a text model's samples: distillation needs no
+labels, and more distinct text moved MiniLM's held-out p10 cosine up 0.007 and its neighbour recall
+up 0.01 at the same number of steps (docs/results.md).
 Also what is computed on those samples and the held-out ones: the dense teacher's outputs
 (computed once, kept in a file) and the held-out metrics of a model.
 """

@@ -83,3 +83,8 @@ def test_teacher_outputs_from_a_pass_already_made_are_kept_and_the_file_wins_aft
     computed = torch.arange(6.0).reshape(3, 2)
     assert torch.equal(training_data.teacher_outputs(path, Loaded, train, 2, computed), computed)
     assert torch.equal(training_data.teacher_outputs(path, Loaded, train, 2, computed + 1), computed)  # as kept on resume
+    other = token_set([2, 1, 4])  # as many samples, other inputs (the packages' docstrings changed)
+    assert other.fingerprint() != train.fingerprint() and train.fingerprint() == token_set([2, 1, 3]).fingerprint()
+    assert torch.equal(training_data.teacher_outputs(path, Loaded, other, 2, computed + 1), computed + 1)  # not the stale file
+    path.write_bytes(b"damaged")
+    assert torch.equal(training_data.teacher_outputs(path, Loaded, other, 2, computed + 2), computed + 2)

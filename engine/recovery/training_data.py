@@ -15,11 +15,12 @@ Also what is computed on those samples and the held-out ones: the dense teacher'
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from engine.core import atomic
@@ -60,6 +61,15 @@ class TrainingSet:
         else:
             inputs = torch.cat([self.inputs, other.inputs])
         return TrainingSet(inputs, None if self.labels is None else torch.cat([self.labels, other.labels]))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the samples' inputs (each key's name, shape and bytes, keys in sorted order)."""
+        inputs = self.inputs if isinstance(self.inputs, dict) else {"inputs": self.inputs}
+        digest = hashlib.sha256()
+        for key in sorted(inputs):
+            digest.update(f"{key} {tuple(inputs[key].shape)} {inputs[key].dtype}\n".encode())
+            digest.update(inputs[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def lengths(self) -> torch.Tensor | None:
         """Each sample's number of real tokens (token inputs with an attention mask), else None."""
@@ -205,13 +215,16 @@ def model_outputs(loaded, model, batches) -> torch.Tensor:
 
 def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int, computed: torch.Tensor | None = None) -> torch.Tensor:
     """The dense model's fp32 outputs on every training sample, computed once and kept at ``path``
-    (``teacher.safetensors``), so a resumed run distils to the very same targets.  ``computed``: those
-    outputs from a pass already made (``hidden.DenseStates`` in fp32), used unless the file holds them."""
+    (``teacher.safetensors``, with the fingerprint of the samples they belong to), so a resumed run
+    distils to the very same targets; a file of other samples (e.g. ``--add-docstrings`` drawn from
+    since-changed packages) is recomputed.  ``computed``: those outputs from a pass already made
+    (``hidden.DenseStates`` in fp32), used unless the file holds them."""
+    fingerprint = train.fingerprint()
     if path.exists():
         try:
-            teacher = load_file(str(path))["outputs"]
-            if len(teacher) == len(train):
-                return teacher
+            with safe_open(str(path), framework="pt") as stored:
+                if (stored.metadata() or {}).get("samples") == fingerprint:
+                    return stored.get_tensor("outputs")
         except (*TENSOR_FILE_ERRORS, KeyError):
             pass  # a damaged file is recomputed, never trusted
     if computed is not None and len(computed) == len(train):
@@ -219,7 +232,7 @@ def teacher_outputs(path: Path, loaded, train: TrainingSet, batch_size: int, com
     else:
         batches = train.in_length_order(batch_size)
         teacher = in_sample_order(model_outputs(loaded, loaded.model, (train.batch(chunk) for chunk in batches)), batches)
-    atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}))
+    atomic.write_bytes(path, safetensors_bytes({"outputs": teacher.contiguous()}, metadata={"samples": fingerprint}))
     return teacher
 
 

@@ -15,7 +15,6 @@ Also what is computed on those samples and the held-out ones: the dense teacher'
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from engine.core import atomic
+from engine.database.store import digest
 from engine.model.data import (
     TENSOR_FILE_ERRORS,
     TENSOR_SUFFIXES,
@@ -63,13 +63,8 @@ class TrainingSet:
         return TrainingSet(inputs, None if self.labels is None else torch.cat([self.labels, other.labels]))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the samples' inputs (each key's name, shape and bytes, keys in sorted order)."""
-        inputs = self.inputs if isinstance(self.inputs, dict) else {"inputs": self.inputs}
-        digest = hashlib.sha256()
-        for key in sorted(inputs):
-            digest.update(f"{key} {tuple(inputs[key].shape)} {inputs[key].dtype}\n".encode())
-            digest.update(inputs[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        """SHA-256 of the samples' inputs (``engine.database.store.digest``: dtype, shape and bytes per tensor)."""
+        return digest(self.inputs)
 
     def lengths(self) -> torch.Tensor | None:
         """Each sample's number of real tokens (token inputs with an attention mask), else None."""

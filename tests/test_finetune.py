@@ -338,3 +338,18 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_instructions(tmp_path, monkeypatc
     result = run_cli("finetune", run_dir, "--precision", "bf16", "--epochs", 1, "--no-verify")
     assert result.exit_code == 2, result.output
     assert "--precision bf16: this CPU has no bf16 instructions" in result.output and "Traceback" not in result.output
+
+
+def test_the_student_trains_in_eval_mode_unless_dropout_is_asked_for(tuned, monkeypatch):
+    from engine.recovery import finetune
+
+    run_dir, _ = tuned
+    modes, original = [], finetune.batch_loss
+    monkeypatch.setattr(finetune, "batch_loss", lambda loaded, student, *rest: modes.append(student.training) or original(loaded, student, *rest))
+    for flags, expected in (((), False), (("--dropout",), True)):
+        modes.clear()
+        out = run_dir / f"finetune-mode-{expected}"
+        result = run_cli("finetune", run_dir, "--epochs", 1, "--threads", 1, "--no-verify", "--out", out, *flags, "--json")
+        assert result.exit_code == 0, result.output
+        assert modes and set(modes) == {expected}
+        assert json.loads(result.stdout)["training"]["dropout"] is expected

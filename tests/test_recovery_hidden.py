@@ -112,6 +112,16 @@ def test_settings_refuse_unknown_decay_and_negative_weight(tmp_path):
         resolve(Options(hidden_weight=1.0), old, _Profile, tmp_path)
 
 
+def test_dropout_is_off_by_default_and_on_for_finetunings_stored_before_the_option(tmp_path):
+    settings = resolve(Options(), None, _Profile, tmp_path)
+    assert settings["dropout"] is False
+    assert resolve(Options(dropout=True), None, _Profile, tmp_path)["dropout"] is True
+    old = {key: value for key, value in settings.items() if key != "dropout"}
+    assert resolve(Options(), old, _Profile, tmp_path)["dropout"] is True  # what they ran: the model's train mode
+    with pytest.raises(RunError, match="--dropout False \\(was True\\)"):
+        resolve(Options(dropout=False), old, _Profile, tmp_path)
+
+
 def test_precision_setting_autocast_and_bf16_states_compared_in_fp32(tmp_path):
     from engine.recovery.settings import autocast, check_precision
 

@@ -294,7 +294,7 @@ def _train_and_export(ft: Finetune) -> dict:
         seed = epoch_seed(run.profile.run.seed, epoch)
         batches = epoch_batches(train, batch_size, seed, bool(settings["group_by_length"]))
         total = 0.0
-        student.train()
+        student.train(bool(settings["dropout"]))  # off: eval mode, the teacher's own (settings.Options.dropout)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout, if the model has any
             for step, index in enumerate(batches, start=1):
@@ -358,7 +358,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         log.emit("finetune", phase="verify", epoch=epochs, epochs=epochs, **outcome)
     result = {
         "allocation": ft.settings["allocation"],
-        "target_speedup": _run_result(ft).get("target_speedup"),
+        "target_speedup": read_json_object(ft.run.run_dir / "result.json").get("target_speedup"),
         "predicted_speedup": finite(ft.predicted_speedup),
         "measured_speedup": None if outcome is None else outcome["measured"],
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),
@@ -376,6 +376,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
                      "hidden_weight": ft.settings["hidden_weight"],
                      "precision": ft.settings["precision"], "batch_size": ft.settings["batch_size"],
                      "group_by_length": ft.settings["group_by_length"], "add_docstrings": ft.settings["add_docstrings"],
+                     "dropout": ft.settings["dropout"],
                      "samples": samples, "data": ft.settings["data"] or ft.run.profile.data.source},
         "epochs": history,
         "seed": ft.run.profile.run.seed,
@@ -383,10 +384,6 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     }
     write_json(ft.out / "result.json", result)
     return result
-
-
-def _run_result(ft: Finetune) -> dict:
-    return read_json_object(ft.run.run_dir / "result.json")
 
 
 def _verify(ft: Finetune, loaded, student) -> dict:

@@ -52,6 +52,9 @@ def finetune(
         None, "--group-by-length/--no-group-by-length", metavar="",
         help="Batch sentences of about one length together, so each batch is cut to its own length "
         "(default on; 2.4x fewer tokens on docstrings)."),
+    dropout: Optional[bool] = option(
+        None, "--dropout/--no-dropout", metavar="",
+        help="Train in the model's train mode, dropout on (default off: eval mode, as the teacher runs)."),
     batch_size: Optional[int] = option(None, "--batch-size", metavar="N", help="Training batch size (default 32)."),
     train_samples: Optional[int] = option(
         None, "--train-samples", metavar="N", help="Use a seeded subset of this many training samples (default: all)."),
@@ -80,7 +83,8 @@ def finetune(
         allocation=allocation, start=start, epochs=epochs, pruning_end=pruning_end, init_sparsity=init_sparsity,
         update_frequency=update_frequency, loss=loss, lr=lr, batch_size=batch_size, train_samples=train_samples,
         data=None if data is None else str(data.resolve()), hidden_weight=hidden_weight, lr_decay=lr_decay,
-        precision=precision, group_by_length=group_by_length, add_docstrings=add_docstrings, threads=threads,
+        precision=precision, group_by_length=group_by_length, add_docstrings=add_docstrings, dropout=dropout,
+        threads=threads,
     )
     listener = StderrProgress(err)
     try:

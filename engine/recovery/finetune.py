@@ -296,7 +296,7 @@ def _train_and_export(ft: Finetune) -> dict:
         total = 0.0
         student.train(bool(settings["dropout"]))  # off: eval mode, the teacher's own (settings.Options.dropout)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout, if the model has any
+            torch.manual_seed(seed)  # dropout, with --dropout and a model that has any
             for step, index in enumerate(batches, start=1):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings, epoch * steps + step - 1, epochs * steps)

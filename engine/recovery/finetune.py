@@ -72,6 +72,7 @@ class Finetune:
     state: dict | None  # state.json when continuing
     epochs_done: int = 0  # epochs with a checkpoint on disk
     verify: bool = True  # re-measure the speedup at the end (default: the profile's export.verify)
+    target_speedup: float | None = None  # the run's target, as its result.json says
 
     @property
     def plan(self) -> dict | None:
@@ -158,7 +159,8 @@ def open_finetune(run_dir: str | Path, options: Options = Options(), out: str | 
     log = EventLog(run_dir / "events.jsonl", listener=listener)
     done = state["epoch"] if state else 0
     verify = profile.export.verify if verify is None else verify
-    return Finetune(RunContext.from_dir(run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify)
+    return Finetune(RunContext.from_dir(run_dir, log), out, settings, schedule, rows, predicted, run_heldout, state, done, verify,
+                    result.get("target_speedup"))
 
 
 # ---------------------------------------------------------------------------- pieces of the loop
@@ -358,7 +360,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         log.emit("finetune", phase="verify", epoch=epochs, epochs=epochs, **outcome)
     result = {
         "allocation": ft.settings["allocation"],
-        "target_speedup": read_json_object(ft.run.run_dir / "result.json").get("target_speedup"),
+        "target_speedup": ft.target_speedup,
         "predicted_speedup": finite(ft.predicted_speedup),
         "measured_speedup": None if outcome is None else outcome["measured"],
         "heldout_metric": primary_metric_name(loaded.task, data.has_labels),

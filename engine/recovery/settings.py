@@ -11,8 +11,8 @@
 The student trains in the model's eval mode unless ``--dropout``: distillation matches a teacher
 that runs without dropout, and dropout's noise on the student only hides what it has to fit (the
 MiniLM 1.5x recipe, 5 epochs: 0.9779 held-out cosine and 0.849 recall@10 against 0.9695 and
-0.819 with dropout; docs/results.md).
-Eval mode also keeps normalisation layers on their running statistics; their weights still train.
+0.819 with dropout; docs/results.md).  Eval mode also keeps normalisation layers on their running
+statistics; their weights still train.
 """
 
 from __future__ import annotations

@@ -301,3 +301,36 @@ def test_runner_wraps_run_fn():
     runner = _Runner(nn.Linear(2, 3), lambda model, inputs: model(inputs["x"]) * 2)
     x = torch.randn(4, 2)
     torch.testing.assert_close(runner({"x": x}), runner.model(x) * 2)
+
+
+@pytest.mark.parametrize("make", ["SharedInput", "SharedInt8Input"])
+def test_a_cached_graph_is_never_run_with_another_models_stacked_weights(tmp_path, make):
+    """Two models of the same shapes and other weights, compiled one after the other into one cache:
+    each computes its own outputs (the sibling pass's stacked Q/K/V constants are not reused)."""
+    first = globals()[make]().eval()
+    second = globals()[make]().eval()
+    with torch.no_grad():
+        for buffer in second.buffers():
+            if buffer.is_floating_point():
+                buffer.mul_(1.5)
+            elif buffer.dtype == torch.int8:
+                buffer.copy_(torch.clamp(buffer.to(torch.int16) // 2, -127, 127))
+    x = torch.randn(2, 70, 40)
+    for model in (first, second):
+        compiled = compile_model(model, x, cache_dir=tmp_path)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first(x), second(x))
+    torch._dynamo.reset()
+
+
+def test_the_weights_digest_tells_weights_apart_exactly():
+    from engine.runtime.compiled import weights_digest
+
+    model = nn.Linear(3, 2)
+    same = nn.Linear(3, 2)
+    same.load_state_dict(model.state_dict())
+    assert weights_digest(model) == weights_digest(same) and len(weights_digest(model)) == 64
+    with torch.no_grad():
+        same.bias[1] = torch.nextafter(same.bias[1], torch.tensor(float("inf")))  # one ulp
+    assert weights_digest(model) != weights_digest(same)

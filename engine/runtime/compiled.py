@@ -36,7 +36,10 @@ caches where the graph can be cached) land in it and a second process compiling 
 reuses them.  A graph with dense Linears pre-packed for oneDNN is not FX-cacheable (mkldnn tensors
 do not pickle: ``fxgraph_cache_bypass``), so only its C++ kernels come from the cache (MiniLM dense,
 2 cores: 22 s cold, 7.5 s warm); a graph whose Linears are all sparse is (17.5 s cold, 4.8 s warm,
-``fxgraph_cache_hit``).  The variable is process-wide and read when inductor first needs it: give every
+``fxgraph_cache_hit``).  A cached graph keeps the Q/K/V weights the sibling pass stacked as its own
+constants, so the pass's uuid carries ``weights_digest`` of the model: other weights of the same
+shapes (a fine-tuning of the run's allocation) compile anew instead of running the first model's
+stacked layers.  The variable is process-wide and read when inductor first needs it: give every
 ``compile_model`` call of a process the same directory.  ``CompiledModel.compile_seconds`` is the
 time of the first call (tracing + compilation, or the cache loads).
 
@@ -47,6 +50,7 @@ torch's): inductor's kernels run on torch's OpenMP threads, the sparse layers on
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -178,6 +182,16 @@ def _patched(compiled: Callable[[Any], torch.Tensor], settings: dict) -> Callabl
     return run
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's state (every tensor's name, dtype, shape and bytes), hex: what a cached
+    graph's constants were made from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def compile_model(
     model: nn.Module,
     example_inputs: Any,
@@ -209,7 +223,7 @@ def compile_model(
     runner = _Runner(model, run_fn or _call_model).eval()
     settings = {**(options or {}), "freezing": freezing}
     if stack_siblings and freezing:
-        settings["post_grad_custom_post_pass"] = sibling_fusion_pass()
+        settings["post_grad_custom_post_pass"] = sibling_fusion_pass(weights_digest(model))
     compiled = _patched(torch.compile(runner, fullgraph=fullgraph, dynamic=False, options=settings), settings)
     before = compile_counters()
     started = time.perf_counter()

@@ -266,19 +266,24 @@ def _fusion_pass_class() -> type:
     from torch._inductor.custom_graph_pass import CustomGraphPass  # imports inductor: only when compiling
 
     class FuseSiblingSparseLinears(CustomGraphPass):
-        """``fuse_sibling_csr_linears`` and ``fuse_sibling_int_mm`` as an inductor pass with a stable
-        uuid (graphs stay cacheable)."""
+        """``fuse_sibling_csr_linears`` and ``fuse_sibling_int_mm`` as an inductor pass whose uuid is
+        stable for one set of weights (graphs stay cacheable) and differs for any other: the stacked
+        weights it makes are constants of the cached graph, which a cache hit does not recompute."""
+
+        def __init__(self, weights: str):
+            self.weights = weights
 
         def __call__(self, graph: torch.fx.Graph) -> None:
             fuse_sibling_csr_linears(graph)
             fuse_sibling_int_mm(graph)
 
         def uuid(self) -> str:
-            return f"spdy-fuse-sibling-csr-linear-{FUSION_VERSION}"
+            return f"spdy-fuse-sibling-csr-linear-{FUSION_VERSION}-{self.weights}"
 
     return FuseSiblingSparseLinears
 
 
-def sibling_fusion_pass():
-    """A ``CustomGraphPass`` for ``torch._inductor.config.post_grad_custom_post_pass``."""
-    return _fusion_pass_class()()
+def sibling_fusion_pass(weights: str):
+    """A ``CustomGraphPass`` for ``torch._inductor.config.post_grad_custom_post_pass``; ``weights``: a
+    digest of the compiled model's weights (``engine.runtime.compiled.weights_digest``), part of its uuid."""
+    return _fusion_pass_class()(weights)

@@ -1,10 +1,13 @@
 """engine.deploy: a finished run's model as a drop-in module, on the runtime the run names."""
 
+import json
+import re
 import shutil
 import warnings
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from engine.core.errors import RunError
 from engine.core.grid import geometric_levels
@@ -147,6 +150,20 @@ def test_spdy_bench_times_every_runtime_and_writes_its_table(tmp_path):
         assert (out / name).is_file()
     assert "## Runtimes side by side (spdy bench)" in (out / "report.md").read_text()
 
+    from engine.export.result import allocation, read_result
+
+    _, weights = fine_tuned_like(RunContext.from_dir(out), tmp_path / "finetune", allocation(read_result(out)))
+    tuned = run_cli("bench", out, "--rounds", "1", "--calls", "1", "--weights", weights, "--json")
+    assert tuned.exit_code == 0, tuned.output
+    tuned_report = json.loads(tuned.stdout)
+    assert tuned_report["weights"] == str(weights) and json.loads((weights.parent / "bench.json").read_text()) == tuned_report
+    assert tuned_report["rows"][0]["runtime"] == "pruned"
+    assert tuned_report["rows"][0]["agreement"] != rows["pruned"]["agreement"] or \
+        tuned_report["rows"][0]["cosine_mean"] != rows["pruned"]["cosine_mean"]  # the other weights ran
+    assert json.loads((out / "bench.json").read_text())["weights"] is None  # the run's own bench is left as it was
+    missing = run_cli("bench", out, "--weights", tmp_path / "nowhere.safetensors")
+    assert missing.exit_code == 2 and "--weights" in missing.output and "Traceback" not in missing.output
+
 
 def test_the_profilers_reference_paths_include_compiled_torch_and_onnx_runtime(tmp_path):
     from engine.model.sources import load_hf
@@ -161,3 +178,59 @@ def test_the_profilers_reference_paths_include_compiled_torch_and_onnx_runtime(t
     expected = loaded.run(inputs)
     for name, run in runners.items():
         assert torch.allclose(torch.as_tensor(run()), expected, atol=1e-4), name
+
+
+# ---------------------------------------------------------------------------- a fine-tuning's weights
+def fine_tuned_like(ctx, folder, levels):
+    """The run's final model with every weight moved off its value (zeros kept), written as a
+    fine-tuning writes it: a pruned.safetensors with the allocation in its metadata."""
+    from engine.export.weights import write_pruned_weights
+
+    model = ctx.final_model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.25).add_(0.01 * (parameter != 0))
+    return model, write_pruned_weights(folder, model, {"allocation": levels, "source": "spdy finetune"})
+
+
+def test_compiled_load_of_fine_tuned_weights_computes_them_not_the_cached_final_model(tmp_path):
+    from engine.export.result import allocation, read_result
+
+    out = tiny_bert_run(tmp_path)
+    ctx = RunContext.from_dir(out)
+    tokenizer = ctx.loaded.tokenizer
+    batch = tokenizer(["Return the sum of two numbers.", "Open a file."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        final = load(out)(**batch).last_hidden_state  # compiled first: the run's compile cache holds the final model
+        tuned, path = fine_tuned_like(ctx, tmp_path / "finetune", allocation(read_result(out)))
+        got = load(out, weights=path)(**batch).last_hidden_state
+        expected = tuned(**batch).last_hidden_state
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, final, rtol=1e-2, atol=1e-3)
+
+
+def test_weights_that_cannot_run_as_measured_are_refused_with_the_file_named(tmp_path):
+    from engine.core.grid import int8_level
+    from engine.export.result import allocation, read_result
+    from engine.export.weights import write_pruned_weights
+
+    out = tmp_path / "run"
+    assert run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out).exit_code == 0
+    ctx, levels = RunContext.from_dir(out), allocation(read_result(out))
+    missing = tmp_path / "nowhere" / "pruned.safetensors"
+    with pytest.raises(RunError, match=re.escape(f"weights {missing}: cannot read the weights")):
+        load(out, runtime="eager", weights=missing)
+    unlabelled = write_pruned_weights(tmp_path / "unlabelled", ctx.final_model, {})
+    with pytest.raises(RunError, match="no allocation in its metadata"):
+        load(out, runtime="eager", weights=unlabelled)
+    other = write_pruned_weights(tmp_path / "other", torch.nn.Sequential(torch.nn.Linear(3, 2)), {"allocation": {"0": "0.0000"}})
+    with pytest.raises(RunError, match=re.escape(f"weights {other}: the weights do not fit the model")):
+        load(out, runtime="eager", weights=other)
+    name = next(iter(levels))
+    stranger = tmp_path / "stranger.safetensors"  # written by hand: our writer refuses such an allocation itself
+    save_file(ctx.final_model.state_dict(), stranger, metadata={"allocation": json.dumps({**levels, "no.such.layer": "0.0000"})})
+    with pytest.raises(RunError, match="layer no.such.layer is not a prunable layer"):
+        load(out, runtime="eager", weights=stranger)
+    as_int8 = write_pruned_weights(tmp_path / "int8", ctx.final_model, {"allocation": {**levels, name: int8_level("0.0000")}})
+    with pytest.raises(RunError, match=f"layer {name} is at an int8 level"):
+        load(out, runtime="eager", weights=as_int8)

@@ -15,6 +15,10 @@ encoder: an output whose ``last_hidden_state`` and ``[0]`` are the token states)
 the dense-with-zeros pruned model's up to float rounding.  The speedup lives in this runtime:
 ``pruned.safetensors`` in plain PyTorch computes the same outputs at dense speed.
 
+``load(RUN_DIR, weights=RUN_DIR / "finetune" / "pruned.safetensors")`` deploys a fine-tuning of the run
+(``spdy finetune``) the same way: its weights, at the allocation its file records, on the run's
+measured kernels and runtime.
+
 ``allocation_model(RUN_DIR, levels)`` builds any other allocation of the run's database the same
 way (``spdy bench`` times uniform int8 with it).
 
@@ -34,7 +38,9 @@ from torch import nn
 
 from engine.core.environment import describe_environment
 from engine.core.errors import RunError
+from engine.core.grid import is_int8
 from engine.export.result import allocation, read_result
+from engine.export.weights import read_pruned_weights
 from engine.run.context import RunContext
 
 RUNTIMES = ("eager", "compiled", "cuda-graph")
@@ -70,12 +76,31 @@ def runtime_of(ctx: RunContext, result: dict) -> str:
     return runtime
 
 
-def load(run_dir: str | Path, runtime: str | None = None) -> nn.Module:
-    """The run's pruned model on its runtime (or ``runtime``: "eager", "compiled" or "cuda-graph"), in eval mode."""
-    return _load(_context(run_dir), runtime)
+def load(run_dir: str | Path, runtime: str | None = None, weights: str | Path | None = None) -> nn.Module:
+    """The run's pruned model on its runtime (or ``runtime``: "eager", "compiled" or "cuda-graph"), in eval mode;
+    with ``weights``, that pruned.safetensors (a fine-tuning's, ``spdy finetune``) instead of the run's final model."""
+    return _load(_context(run_dir), runtime, weights)
 
 
-def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
+def deployed_weights(ctx: RunContext, result: dict, path: str | Path | None) -> tuple[nn.Module, dict[str, str]]:
+    """The model to deploy and its allocation: the run's final model, or the pruned.safetensors at ``path``
+    (its allocation from its own metadata, which may be a baseline's), refused where it cannot run as measured."""
+    if path is None:
+        return ctx.final_model, allocation(result)
+    try:
+        model, levels = read_pruned_weights(path, ctx.loaded.model)
+    except ValueError as exc:
+        raise RunError(f"weights {exc}") from None
+    unknown = sorted(set(levels) - set(ctx.loaded.layer_names))
+    if unknown:
+        raise RunError(f"weights {path}: layer {unknown[0]} is not a prunable layer of {ctx.run_dir}'s model; pass the run it came from")
+    int8 = sorted(name for name, level in levels.items() if is_int8(level))
+    if int8:
+        raise RunError(f"weights {path}: layer {int8[0]} is at an int8 level; its codes are the run's (load the run without weights)")
+    return model, levels
+
+
+def _load(ctx: RunContext, runtime: str | None, weights: str | Path | None = None) -> nn.Module:
     result = read_result(ctx.run_dir)
     runtime = runtime or runtime_of(ctx, result)
     if runtime not in RUNTIMES:
@@ -86,7 +111,8 @@ def _load(ctx: RunContext, runtime: str | None) -> nn.Module:
             f"{ctx.run_dir}: its speedup was measured on another machine or software ({'; '.join(differences)}); "
             "re-measure here with `spdy verify` or `spdy bench`", DeployWarning, stacklevel=3,
         )
-    executable = ctx.backend.build(ctx.loaded, ctx.final_model, allocation(result), ctx.table, ctx.profile.hardware)
+    model, levels = deployed_weights(ctx, result, weights)
+    executable = ctx.backend.build(ctx.loaded, model, levels, ctx.table, ctx.profile.hardware)
     return on_runtime(ctx, executable, runtime)
 
 
@@ -179,9 +205,9 @@ class CompiledEncoder(nn.Module):
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
-def sentence_transformer(run_dir: str | Path, runtime: str | None = None):
+def sentence_transformer(run_dir: str | Path, runtime: str | None = None, weights: str | Path | None = None):
     """A ``SentenceTransformer`` (the run's MiniLM or Hugging Face encoder, with its pooling) whose
-    ``encode`` runs the pruned model on the run's runtime."""
+    ``encode`` runs the pruned model (or ``weights``, as in ``load``) on the run's runtime."""
     from sentence_transformers import SentenceTransformer
 
     ctx = _context(run_dir)
@@ -189,7 +215,7 @@ def sentence_transformer(run_dir: str | Path, runtime: str | None = None):
         raise RunError(f"{ctx.run_dir}: sentence_transformer needs an encoder run (model.source minilm or hf), "
                        f"not {ctx.profile.model.source!r}")
     path = ctx.profile.model.path if ctx.profile.model.source == "hf" else _minilm_path()
-    model = _load(ctx, runtime)
+    model = _load(ctx, runtime, weights)
     parameter = next(model.parameters(), None)  # on the GPU for cuda-2:4 runs: encode sends the tokens there
     encoder = SentenceTransformer(path, device=str(parameter.device) if parameter is not None else "cpu")
     encoder[0].auto_model = model

@@ -7,7 +7,7 @@ forward passes on the run's timing batch while the others wait.  Per runtime: th
 interquartile range of the per-call seconds, the speedup over the fastest dense path, and the
 held-out quality (cosine of the outputs to the dense model's: the mean, the 10th percentile; neighbour recall@10).
 
-    pruned            the run's model on its runtime (engine.deploy.load)
+    pruned            the run's model on its runtime (engine.deploy.load; with ``weights``, a fine-tuning's)
     pruned-eager      the same weights on our kernels in eager PyTorch (when the run is compiled)
     uniform-int8      every layer at dense int8 from the run's database, on the run's runtime (grid.int8)
     torch, onednn     the dense model eager (MKL; oneDNN pre-packed Linears)
@@ -46,7 +46,7 @@ def runtimes_for(ctx, result: dict) -> list[str]:
     return names
 
 
-def _build(ctx, name: str, workdir: Path):
+def _build(ctx, name: str, workdir: Path, weights: str | None = None):
     """(a callable running the timing batch, a callable computing outputs for any inputs)."""
     from engine.deploy import allocation_model, load
     from engine.timing.calibrate import DENSE_INT8
@@ -58,13 +58,13 @@ def _build(ctx, name: str, workdir: Path):
         if name == "uniform-int8":
             model = allocation_model(ctx.run_dir, {layer: DENSE_INT8 for layer in loaded.layer_names})
         else:
-            model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None)
+            model = load(ctx.run_dir, "eager" if name == "pruned-eager" else None, weights)
         return (lambda: forward(loaded, model, inputs)), (lambda x: forward(loaded, model, x))
     path = dense_path(name, loaded.model, loaded.layer_names, inputs, loaded.run_model, ctx.profile.hardware.threads, workdir)
     return (lambda: path(inputs)), path
 
 
-def _worker(connection, run_dir: str, name: str, workdir: str) -> None:  # pragma: no cover - child process
+def _worker(connection, run_dir: str, name: str, workdir: str, weights: str | None) -> None:  # pragma: no cover - child process
     try:
         from engine.run.context import RunContext
         from engine.runtime.execution import set_threads
@@ -72,7 +72,7 @@ def _worker(connection, run_dir: str, name: str, workdir: str) -> None:  # pragm
         ctx = RunContext.from_dir(run_dir)
         set_threads(ctx.profile.hardware.threads)
         started = time.perf_counter()
-        run, outputs = _build(ctx, name, Path(workdir))
+        run, outputs = _build(ctx, name, Path(workdir), weights)
         run()
         built = time.perf_counter() - started
         with torch.no_grad():
@@ -105,9 +105,14 @@ class BenchError(RuntimeError):
 
 
 def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, names: list[str] | None = None,
-          on_progress=None) -> dict:
-    """Time every runtime in its own process, interleaved; the table's rows and the setup."""
+          on_progress=None, weights: str | Path | None = None) -> dict:
+    """Time every runtime in its own process, interleaved; the table's rows and the setup.  ``weights``:
+    a pruned.safetensors (a fine-tuning's) to time as "pruned" instead of the run's final model."""
     names = names or runtimes_for(ctx, result)
+    if weights is not None:
+        from engine.deploy import deployed_weights
+
+        deployed_weights(ctx, result, weights)  # refused here, with the file named, not in a worker
     workdir = ctx.run_dir / "bench"
     workdir.mkdir(exist_ok=True)
     context = mp.get_context("spawn")
@@ -115,7 +120,8 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
     try:
         for name in names:  # built one after the other: compiles and exports do not overlap the others
             parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(child, str(ctx.run_dir), name, str(workdir)), daemon=True)
+            process = context.Process(target=_worker, args=(child, str(ctx.run_dir), name, str(workdir), None if weights is None else str(weights)),
+                                      daemon=True)
             process.start()
             status, payload = parent.recv()
             if status == "error":
@@ -145,7 +151,7 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
-    return summarise(ctx, names, samples, heldout, built, rounds, warmup, calls)
+    return {**summarise(ctx, names, samples, heldout, built, rounds, warmup, calls), "weights": None if weights is None else str(weights)}
 
 
 def summarise(ctx, names, samples, heldout, built, rounds, warmup, calls) -> dict:
@@ -177,7 +183,7 @@ def markdown(report: dict, environment: dict) -> str:
         f"Measured {report['when']} on {environment.get('cpu', '?')} ({environment.get('isa', '?')}), "
         f"{report['threads']} threads, batch {report['batch']}; each runtime in its own process, "
         f"{report['rounds']} interleaved rounds x {report['calls']} calls. Speedup over the fastest dense path: "
-        f"**{report['baseline']}**.",
+        f"**{report['baseline']}**." + (f" pruned: the weights of {report['weights']}." if report.get("weights") else ""),
         "",
         "| runtime | ms (median) | IQR ms | speedup | held-out cosine to dense (mean / p10) | neighbour recall@10 |",
         "|---|---|---|---|---|---|",

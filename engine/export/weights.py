@@ -1,6 +1,6 @@
 """The weights a user takes away, and their one writer and reader each:
 
-    pruned.safetensors   the final model's state dict: every weight as the model computes with it
+    pruned.safetensors   the final (or fine-tuned) model's state dict: every weight as the model computes with it
                          (pruned layers with exact zeros, an int8 layer as q * scale in float32),
                          so ``load_file`` + ``load_state_dict`` into the plain model reproduce the
                          outputs (an int8 layer's to int8 rounding of its input)
@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from engine.core.atomic import write_bytes
@@ -68,6 +69,27 @@ def write_pruned_weights(run_dir: str | os.PathLike, model: torch.nn.Module, met
     text_metadata.update({str(key): value if isinstance(value, str) else json.dumps(plain_json(value))
                           for key, value in metadata.items()})
     return _write(Path(run_dir) / PRUNED, safetensors_bytes(state, metadata=text_metadata))
+
+
+def read_pruned_weights(path: str | os.PathLike, dense: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, str]]:
+    """(a copy of ``dense`` with ``path``'s weights loaded, in eval mode; the allocation its metadata
+    records, {layer: level}).  ValueError, naming the file, for anything that is not a pruned.safetensors
+    of this model."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        levels = json.loads(metadata.get("allocation", "{}"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ValueError(f"{path}: cannot read the weights ({exc})") from None
+    if not isinstance(levels, dict) or not levels:
+        raise ValueError(f"{path}: no allocation in its metadata; is it a pruned.safetensors written by spdy?")
+    model = copy.deepcopy(dense)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    return model.eval(), {str(name): str(level) for name, level in levels.items()}
 
 
 def write_int8_weights(run_dir: str | os.PathLike, model: torch.nn.Module, allocation: Mapping[str, str]) -> Path | None:

@@ -151,13 +151,19 @@ def bench(
     run_dir: Path = argument("A finished run directory.", "RUN_DIR"),
     rounds: int = option(10, "--rounds", metavar="N", min=1, help="Interleaved rounds (each runtime runs --calls timed passes per round)."),
     calls: int = option(3, "--calls", metavar="N", min=1, help="Timed passes per runtime per round."),
+    weights: Optional[Path] = option(None, "--weights", metavar="FILE",
+                                     help="Time this pruned.safetensors (a fine-tuning's) as the pruned model; "
+                                          "the bench files go next to it."),
     as_json: bool = json_flag("the bench record"),
 ) -> None:
     """The deployable model against every dense path (torch, oneDNN, compiled, ONNX Runtime fp32 and int8),
-    each in its own process, interleaved; writes bench.json, bench.md and bench.png into the run directory."""
+    each in its own process, interleaved; writes bench.json, bench.md and bench.png into the run directory
+    (with --weights, into that file's folder)."""
     existing_dir(run_dir, "run directory")
     if not (run_dir / "final.safetensors").is_file():
         raise fail(f"{run_dir}: no final.safetensors (run `spdy run` first)")
+    if weights is not None and not weights.is_file():
+        raise fail(f"--weights {weights}: no such file")
     from engine.core.environment import describe_environment
     from engine.deploy import bench as benchmark
     from engine.export.files import write_bench
@@ -165,9 +171,10 @@ def bench(
     from engine.run.context import RunContext
 
     ctx = RunContext.from_dir(run_dir)
-    report = benchmark.bench(ctx, read_result(run_dir), rounds=rounds, calls=calls, on_progress=lambda line: err.print(line))
+    report = benchmark.bench(ctx, read_result(run_dir), rounds=rounds, calls=calls, on_progress=lambda line: err.print(line),
+                             weights=weights)
     table = benchmark.markdown(report, describe_environment())
-    write_bench(run_dir, report, table, benchmark.png(report))
+    write_bench(run_dir if weights is None else weights.parent, report, table, benchmark.png(report))
     if as_json:
         print_json(report)
     else:

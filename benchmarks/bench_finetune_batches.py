@@ -46,7 +46,7 @@ def main() -> None:
     from engine.model.losses import LOSSES
     from engine.model.sources import load
     from engine.recovery import hidden
-    from engine.recovery.finetune import batch_loss
+    from engine.recovery.step import batch_loss, train_step
     from engine.recovery.settings import autocast
     from engine.recovery.training_data import epoch_batches, model_outputs, training_set
 
@@ -74,9 +74,7 @@ def main() -> None:
                 states = cached.batch(index, inputs["attention_mask"].shape[1]) if use_cache else None
                 started = time.perf_counter()
                 loss = batch_loss(loaded, student, inputs, teacher, None, LOSSES["cosine"], settings, blocks, states)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                train_step(optimizer, loss)
                 spent[0] += time.perf_counter() - started
 
         return steps

@@ -4,7 +4,7 @@
 
 The step of the recovery recipe (docs/finetune.md): the student's forward with its block outputs
 recorded, the cosine loss to the dense embedding, the dense model's forward for the block
-outputs (``--hidden-weight 1``), backward and an Adam step (``engine.recovery.finetune.batch_loss``), on a batch of random token ids with a
+outputs (``--hidden-weight 1``), backward and an Adam step (``engine.recovery.step.batch_loss``), on a batch of random token ids with a
 full attention mask (the run's batch shape, 32 x 64).  Each precision has its own student and
 optimiser; the two are timed interleaved (``engine.core.measure``): medians with the IQR.
 """
@@ -34,7 +34,7 @@ def main() -> None:
     from engine.model.losses import LOSSES
     from engine.model.sources import load_hf, minilm_path
     from engine.recovery import hidden
-    from engine.recovery.finetune import batch_loss
+    from engine.recovery.step import batch_loss, train_step
 
     torch.set_num_threads(args.threads)
     loaded = load_hf(minilm_path())
@@ -53,9 +53,7 @@ def main() -> None:
 
         def step() -> None:
             loss = batch_loss(loaded, student, inputs, teacher, None, LOSSES["cosine"], settings, blocks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(optimizer, loss)
 
         return step
 

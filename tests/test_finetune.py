@@ -353,3 +353,34 @@ def test_the_student_trains_in_eval_mode_unless_dropout_is_asked_for(tuned, monk
         assert result.exit_code == 0, result.output
         assert modes and set(modes) == {expected}
         assert json.loads(result.stdout)["training"]["dropout"] is expected
+
+
+def test_a_finished_finetuning_made_without_verify_is_measured_on_resume_and_deploys_on_our_kernels(tuned):
+    from engine.deploy import load
+    from engine.model.sources import load_model
+
+    run_dir, _ = tuned
+    out = run_dir / "finetune-verify-later"
+    assert run_cli("finetune", run_dir, "--epochs", 1, "--threads", 1, "--no-verify", "--out", out).exit_code == 0
+    kept = run_cli("finetune", run_dir, "--out", out, "--resume", "--no-verify", "--json")
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["measured_speedup"] is None  # --no-verify again: nothing measured
+    measured = run_cli("finetune", run_dir, "--out", out, "--resume", "--json")  # export.verify: on
+    assert measured.exit_code == 0, measured.output
+    record = json.loads(measured.stdout)
+    assert record["measured_speedup"] > 0 and record["verify"]["max_abs_difference"] < 1e-3
+    assert record["measured_speedup"] == record["verify"]["measured"]
+    assert json.loads((out / "result.json").read_text()) == record
+    verifies = lambda: [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "finetune" and e["phase"] == "verify"]  # noqa: E731
+    count = len(verifies())
+    again = run_cli("finetune", run_dir, "--out", out, "--resume", "--json")
+    assert json.loads(again.stdout) == record and len(verifies()) == count  # measured once, then only printed
+
+    plain = load_model(load_profile(run_dir / "profile.toml")).model.eval()
+    plain.load_state_dict(load_file(out / "pruned.safetensors"))
+    deployed = load(run_dir, runtime="eager", weights=out / "pruned.safetensors")
+    images = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(images), plain(images), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(load(run_dir, runtime="eager")(images), plain(images), rtol=1e-3, atol=1e-4)
+    assert any(type(module).__name__ == "SparseLinear" for module in deployed.modules())

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from engine.recovery import checkpoint, hidden
+from engine.recovery.step import batch_loss, train_step
 from engine.core.profile import ProfileError, load_profile
 from engine.model.data import DataError
 from engine.core.events import EventLog
@@ -183,28 +184,6 @@ def one_shot_weights(ft: Finetune) -> torch.nn.Module:
         stitcher.restore()
 
 
-def as_fp32(output):
-    """A model output for the loss: a bf16 tensor (from autocast) as fp32, anything else as it is."""
-    return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
-
-
-def batch_loss(loaded, student, inputs, target, labels, loss_fn, settings: dict, blocks: list[str],
-               dense_states: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """One batch's training loss, L_out + lambda * the block outputs' loss (``engine.recovery.hidden``,
-    with ``blocks``), the forward passes in ``settings["precision"]`` and the losses in fp32.  The dense
-    block outputs are ``dense_states`` (``hidden.DenseStates.batch``) when given, else computed here."""
-    with hidden.recording(student, blocks) as student_states, autocast(settings):
-        output = as_fp32(loaded.run_model(student, inputs))
-    loss = loss_fn(output, target, labels)
-    if blocks:
-        if dense_states is None:
-            with torch.no_grad(), hidden.recording(loaded.model, blocks) as dense_states, autocast(settings):
-                loaded.run_model(loaded.model, inputs)
-        mask = hidden.token_mask(inputs, dense_states)
-        loss = loss + float(settings["hidden_weight"]) * hidden.hidden_loss(student_states, dense_states, mask)
-    return loss
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s batch order and dropout, derived from (run.seed, epoch) alone."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -212,13 +191,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 # ---------------------------------------------------------------------------- the run
 def execute(ft: Finetune) -> dict:
-    """Fine-tune (continuing from the last checkpoint), export, verify; returns result.json's content."""
+    """Fine-tune (continuing from the last checkpoint), export, verify; returns result.json's content.
+    A finished fine-tuning is not trained again, only verified if it was not and ``ft.verify``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(int(ft.settings["threads"]))
     log, epochs = ft.run.log, ft.epochs
     try:
         if ft.state and ft.state.get("done") and (ft.out / "result.json").exists():
-            return read_json_object(ft.out / "result.json")
+            result = read_json_object(ft.out / "result.json")
+            return _verify_finished(ft, result) if ft.verify and result.get("verify") is None else result
         return _train_and_export(ft)
     except KeyboardInterrupt:
         log.emit("finetune", phase="interrupted", epoch=ft.epochs_done, epochs=epochs)
@@ -307,11 +288,7 @@ def _train_and_export(ft: Finetune) -> dict:
                 loss = batch_loss(loaded, student, inputs, None if teacher is None else teacher[index],
                                   None if train.labels is None else train.labels[index], loss_fn, settings, blocks,
                                   states)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                masks.mask_gradients()
-                optimizer.step()
-                masks.apply()
+                train_step(optimizer, loss, masks)
                 total += float(loss.detach()) * len(index)
                 if step % every == 0 or step == steps:
                     log.emit("finetune", phase="step", epoch=epoch, epochs=epochs, step=step, steps=steps,
@@ -384,6 +361,21 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
         "seed": ft.run.profile.run.seed,
         "verify": outcome,
     }
+    write_json(ft.out / "result.json", result)
+    return result
+
+
+def _verify_finished(ft: Finetune, result: dict) -> dict:
+    """A finished fine-tuning made with --no-verify: measure its pruned.safetensors now, into its result.json."""
+    from engine.export.weights import PRUNED, read_pruned_weights
+
+    try:
+        student, _ = read_pruned_weights(ft.out / PRUNED, ft.run.loaded.model)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    outcome = _verify(ft, ft.run.loaded, student)
+    ft.run.log.emit("finetune", phase="verify", epoch=ft.epochs, epochs=ft.epochs, **outcome)
+    result = {**result, "measured_speedup": outcome["measured"], "verify": outcome}
     write_json(ft.out / "result.json", result)
     return result
 

@@ -150,17 +150,30 @@ def test_spdy_bench_times_every_runtime_and_writes_its_table(tmp_path):
         assert (out / name).is_file()
     assert "## Runtimes side by side (spdy bench)" in (out / "report.md").read_text()
 
-    from engine.export.result import allocation, read_result
+    assert report["weights"] is None
 
-    _, weights = fine_tuned_like(RunContext.from_dir(out), tmp_path / "finetune", allocation(read_result(out)))
-    tuned = run_cli("bench", out, "--rounds", "1", "--calls", "1", "--weights", weights, "--json")
-    assert tuned.exit_code == 0, tuned.output
-    tuned_report = json.loads(tuned.stdout)
-    assert tuned_report["weights"] == str(weights) and json.loads((weights.parent / "bench.json").read_text()) == tuned_report
-    assert tuned_report["rows"][0]["runtime"] == "pruned"
-    assert tuned_report["rows"][0]["agreement"] != rows["pruned"]["agreement"] or \
-        tuned_report["rows"][0]["cosine_mean"] != rows["pruned"]["cosine_mean"]  # the other weights ran
-    assert json.loads((out / "bench.json").read_text())["weights"] is None  # the run's own bench is left as it was
+
+def test_spdy_bench_weights_times_a_fine_tuning_and_writes_beside_it(tmp_path, monkeypatch):
+    import json
+
+    from engine.deploy import bench as benchmark
+    from engine.export.result import allocation, read_result
+    from engine.model.losses import heldout_metrics
+
+    out = tmp_path / "run"
+    assert run_cli("run", write_profile(tmp_path, extra=MAGNITUDE_DATABASE, export=NO_VERIFY), "--out", out).exit_code == 0
+    ctx, result = RunContext.from_dir(out), read_result(out)
+    tuned, weights = fine_tuned_like(RunContext.from_dir(out), tmp_path / "finetune", allocation(result))
+    report = benchmark.bench(ctx, result, rounds=1, calls=1, names=["pruned", "torch"], weights=weights)
+    assert report["weights"] == str(weights) and [row["runtime"] for row in report["rows"]] == ["pruned", "torch"]
+    with torch.no_grad():
+        inputs = [batch.inputs for batch in ctx.data.heldout]
+        expected = heldout_metrics("encoder", torch.cat([tuned(x) for x in inputs]), torch.cat([ctx.loaded.model(x) for x in inputs]))
+    assert report["rows"][0]["cosine_mean"] == pytest.approx(expected["cosine"], abs=1e-5)  # the fine-tuned weights ran
+    assert expected["cosine"] < 0.999
+    monkeypatch.setattr(benchmark, "bench", lambda *args, **kwargs: report)  # the command's files, without timing again
+    assert run_cli("bench", out, "--weights", weights).exit_code == 0
+    assert json.loads((weights.parent / "bench.json").read_text()) == report and not (out / "bench.json").exists()
     missing = run_cli("bench", out, "--weights", tmp_path / "nowhere.safetensors")
     assert missing.exit_code == 2 and "--weights" in missing.output and "Traceback" not in missing.output
 
@@ -193,6 +206,7 @@ def fine_tuned_like(ctx, folder, levels):
     return model, write_pruned_weights(folder, model, {"allocation": levels, "source": "spdy finetune"})
 
 
+@pytest.mark.slow  # 28 s; the cache itself is tested fast in test_compiled_runtime.py
 def test_compiled_load_of_fine_tuned_weights_computes_them_not_the_cached_final_model(tmp_path):
     from engine.export.result import allocation, read_result
 

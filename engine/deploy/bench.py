@@ -113,6 +113,7 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
         from engine.deploy import deployed_weights
 
         deployed_weights(ctx, result, weights)  # refused here, with the file named, not in a worker
+        weights = str(weights)
     workdir = ctx.run_dir / "bench"
     workdir.mkdir(exist_ok=True)
     context = mp.get_context("spawn")
@@ -120,8 +121,7 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
     try:
         for name in names:  # built one after the other: compiles and exports do not overlap the others
             parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(child, str(ctx.run_dir), name, str(workdir), None if weights is None else str(weights)),
-                                      daemon=True)
+            process = context.Process(target=_worker, args=(child, str(ctx.run_dir), name, str(workdir), weights), daemon=True)
             process.start()
             status, payload = parent.recv()
             if status == "error":
@@ -151,7 +151,7 @@ def bench(ctx, result: dict, rounds: int = 10, warmup: int = 1, calls: int = 3, 
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
-    return {**summarise(ctx, names, samples, heldout, built, rounds, warmup, calls), "weights": None if weights is None else str(weights)}
+    return {**summarise(ctx, names, samples, heldout, built, rounds, warmup, calls), "weights": weights}
 
 
 def summarise(ctx, names, samples, heldout, built, rounds, warmup, calls) -> dict:

@@ -375,6 +375,8 @@ def test_a_finished_finetuning_made_without_verify_is_measured_on_resume_and_dep
     count = len(verifies())
     again = run_cli("finetune", run_dir, "--out", out, "--resume", "--json")
     assert json.loads(again.stdout) == record and len(verifies()) == count  # measured once, then only printed
+    pointed = run_cli("verify", out)
+    assert pointed.exit_code == 2 and f"spdyfinetune{run_dir}--out{out}--resume" in "".join(pointed.output.split())  # wrapped or not
 
     plain = load_model(load_profile(run_dir / "profile.toml")).model.eval()
     plain.load_state_dict(load_file(out / "pruned.safetensors"))

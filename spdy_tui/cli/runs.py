@@ -126,6 +126,9 @@ def verify(
     existing_dir(run_dir, "run directory")
     if not (run_dir / "result.json").is_file():
         raise fail(f"{run_dir}: no result.json (run `spdy run` first)")
+    if (run_dir / "state.json").is_file() and not (run_dir / "profile.toml").is_file():
+        run = run_dir.parent if (run_dir.parent / "profile.toml").is_file() else "RUN_DIR"
+        raise fail(f"{run_dir} is a fine-tuning, not a run: measure it with `spdy finetune {run} --out {run_dir} --resume`")
     from engine.core.events import EventLog
     from engine.export.result import read_result
     from engine.run.context import RunContext

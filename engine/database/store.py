@@ -39,6 +39,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from engine.core import atomic
 from engine.core.profile import DatabaseConfig
+from engine.core.digest import digest
 from engine.core.grid import is_int8, mask_level, parse_nm, sort_levels
 from engine.core.masks import nm_ineligibility
 from engine.database import compact
@@ -66,29 +67,6 @@ def method_settings(config: DatabaseConfig, seed: int = 0) -> dict[str, Any]:
             "method": "adaprune", "passes": config.passes, "batch_size": config.batch_size, "lr": config.lr, "seed": seed,
         }
     return {"method": config.method}
-
-
-def _digest_into(hasher, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous()
-        hasher.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    elif isinstance(value, dict):
-        for key in sorted(value):
-            hasher.update(repr(key).encode())
-            _digest_into(hasher, value[key])
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _digest_into(hasher, item)
-    else:
-        hasher.update(repr(value).encode())
-
-
-def digest(value: Any) -> str:
-    """sha256 of tensors (dtype, shape, bytes), dicts, lists and plain values, nested."""
-    hasher = hashlib.sha256()
-    _digest_into(hasher, value)
-    return hasher.hexdigest()
 
 
 def layer_plan(weight_shape: tuple[int, ...], levels: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -314,7 +314,7 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     from engine.model.losses import primary_metric_name
     from engine.core.masks import pruned_count
 
-    levels, schedule, epochs, log, plan = ft.levels, ft.schedule, ft.epochs, ft.run.log, ft.plan
+    levels, schedule, plan = ft.levels, ft.schedule, ft.plan
     layers, pruned = [], masks.pruned_counts()
     for row in ft.rows:
         weight = student.get_submodule(row["name"]).weight
@@ -333,8 +333,6 @@ def _export(ft: Finetune, loaded, data, student, masks, dense_heldout, loss_name
     one_shot = heldout(loaded, data, one_shot_magnitude(loaded, levels), dense_heldout) if dense_heldout is not None else {}
     dense = heldout(loaded, data, loaded.model, dense_heldout) if dense_heldout is not None else {}
     outcome = _verify(ft, loaded, student) if ft.verify else None
-    if outcome is not None:
-        log.emit("finetune", phase="verify", epoch=epochs, epochs=epochs, **outcome)
     result = {
         "allocation": ft.settings["allocation"],
         "target_speedup": ft.target_speedup,
@@ -374,18 +372,20 @@ def _verify_finished(ft: Finetune, result: dict) -> dict:
     except ValueError as exc:
         raise RunError(str(exc)) from None
     outcome = _verify(ft, ft.run.loaded, student)
-    ft.run.log.emit("finetune", phase="verify", epoch=ft.epochs, epochs=ft.epochs, **outcome)
     result = {**result, "measured_speedup": outcome["measured"], "verify": outcome}
     write_json(ft.out / "result.json", result)
     return result
 
 
 def _verify(ft: Finetune, loaded, student) -> dict:
+    """The end-to-end check of ``student`` on the run's kernels; the outcome, also as the ``verify`` event."""
     from engine.timing.table import TableError
 
     try:
         table = ft.run.table
     except (TableError, OSError) as exc:
         raise RunError(f"{ft.run.run_dir / 'timings.json'}: cannot verify the speedup without the run's timing table ({exc})") from None
-    return ft.run.backend.verify(loaded, student, ft.levels, ft.run.timing_inputs(), table, ft.run.profile.hardware,
-                                 finite(ft.predicted_speedup) or float("nan"))
+    outcome = ft.run.backend.verify(loaded, student, ft.levels, ft.run.timing_inputs(), table, ft.run.profile.hardware,
+                                    finite(ft.predicted_speedup) or float("nan"))
+    ft.run.log.emit("finetune", phase="verify", epoch=ft.epochs, epochs=ft.epochs, **outcome)
+    return outcome

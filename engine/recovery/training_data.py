@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from engine.core import atomic
-from engine.database.store import digest
+from engine.core.digest import digest
 from engine.model.data import (
     TENSOR_FILE_ERRORS,
     TENSOR_SUFFIXES,
@@ -63,7 +63,7 @@ class TrainingSet:
         return TrainingSet(inputs, None if self.labels is None else torch.cat([self.labels, other.labels]))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the samples' inputs (``engine.database.store.digest``: dtype, shape and bytes per tensor)."""
+        """SHA-256 of the samples' inputs (``engine.core.digest``: dtype, shape and bytes per tensor)."""
         return digest(self.inputs)
 
     def lengths(self) -> torch.Tensor | None:

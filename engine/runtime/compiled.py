@@ -50,7 +50,6 @@ torch's): inductor's kernels run on torch's OpenMP threads, the sparse layers on
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from engine.core.digest import digest
 from engine.runtime.ops import sibling_fusion_pass, use_custom_ops
 
 SHAPE_POLICIES = ("pad", "recompile", "error")
@@ -183,13 +183,9 @@ def _patched(compiled: Callable[[Any], torch.Tensor], settings: dict) -> Callabl
 
 
 def weights_digest(model: nn.Module) -> str:
-    """SHA-256 over the model's state (every tensor's name, dtype, shape and bytes), hex: what a cached
-    graph's constants were made from."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """``engine.core.digest`` of the model's state (every tensor's name, dtype, shape and bytes), hex:
+    what a cached graph's constants were made from."""
+    return digest(model.state_dict())
 
 
 def compile_model(
